@@ -1,0 +1,42 @@
+//! The client wire protocol of `shared/PROTOCOL.md`: the 22-byte frame header, the sans-IO frame
+//! decoder and encoder, command and code numbers, and the protobuf bodies.
+//!
+//! Owns no connection state and never touches IO: callers hand in bytes and get frames or typed
+//! errors back, and hand in messages and get encoded frames back.
+
+pub mod codes;
+pub mod frame;
+
+pub use codes::{Code, KickReason};
+pub use frame::{
+    Frame, FrameDecoder, FrameError, HEADER_LEN, Header, MAGIC, MsgType, VERSION, encode_frame,
+    encode_frame_into,
+};
+
+/// Protobuf bodies generated from `gate/proto/imgate.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/imgate.v1.rs"));
+}
+
+/// Command numbers (header byte 8).
+pub mod cmd {
+    pub const LOGIN: u8 = 0x01;
+    pub const LOGOUT: u8 = 0x02;
+    pub const PING: u8 = 0x03;
+    pub const KICK: u8 = 0x04;
+    pub const SEND: u8 = 0x10;
+    pub const PUSH: u8 = 0x11;
+    pub const ACK: u8 = 0x12;
+    pub const NOTIFY: u8 = 0x13;
+    pub const PULL: u8 = 0x14;
+    pub const READ: u8 = 0x15;
+    pub const READ_RECEIPT: u8 = 0x16;
+    pub const SYNC: u8 = 0x17;
+    pub const BIZ: u8 = 0x20;
+    pub const BIZ_PUSH: u8 = 0x21;
+    pub const ERROR: u8 = 0x7F;
+}
+
+/// Default `max_frame`, and the limit clients assume before LOGIN tells them the gate's own.
+pub const DEFAULT_MAX_FRAME: u32 = 65_536;
