@@ -2,6 +2,12 @@
 //! `shared/PROTOCOL.md`, keeps sessions and forwards to a backend.
 //!
 //! Layout (see ARCHITECTURE.md): sans-IO cores (`protocol`, `session`, `delivery`, `auth`) are
-//! plain state machines driven with a `now` argument; `shard` is the glommio shell around them.
+//! plain state machines driven with a `now` argument; `shard` is the glommio shell around them;
+//! `client` is a small blocking client library for tests and tools.
 
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod delivery;
 pub mod protocol;
+pub mod shard;

@@ -1,0 +1,1 @@
+//! Token verification (dev and JWT).

@@ -1,0 +1,310 @@
+//! Gate configuration: the TOML file's serde structs with every default in one place, the table of
+//! keys that `gate --help` prints, and validation into typed settings.
+//!
+//! Owns nothing at run time: `Config::from_toml` parses, `Config::validate` turns it into
+//! [`Settings`] (durations, socket addresses, a resolved shard count) once at start, and each
+//! shard gets its own copy by value.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole file. Unknown keys are refused, so a typo never silently falls back to a default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub gate: GateConfig,
+    pub auth: AuthConfig,
+}
+
+/// `[gate]`: the listener, shards and client-protocol limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GateConfig {
+    pub id: String,
+    pub listen: String,
+    pub shards: usize,
+    pub listen_backlog: u32,
+    pub io_memory_kib: usize,
+    pub max_frame: u32,
+    pub login_timeout_secs: u64,
+    pub heartbeat_secs: u32,
+    pub max_connections: usize,
+    pub handoff_queue: usize,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            listen: "127.0.0.1:7000".into(),
+            shards: 0,
+            listen_backlog: 4096,
+            io_memory_kib: 64,
+            max_frame: crate::protocol::DEFAULT_MAX_FRAME,
+            login_timeout_secs: 10,
+            heartbeat_secs: 30,
+            max_connections: 1_000_000,
+            handoff_queue: 1024,
+        }
+    }
+}
+
+/// `[auth]`: how LOGIN tokens are checked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Any token is accepted; only allowed on loopback listeners.
+    #[default]
+    Dev,
+    /// HS256 JWT signed with `auth.secret` (PROTOCOL.md "Tokens").
+    Jwt,
+    /// The backend verifies tokens (needs the backend boundary).
+    Backend,
+}
+
+/// Every key: name, default, meaning. `gate --help` prints this table; a test checks that it
+/// names exactly the keys the structs above accept.
+pub const KEYS: &[(&str, &str, &str)] = &[
+    ("gate.id", "\"<hostname>:<port>\"", "name of this gate in LoginResp.gate_id and logs"),
+    ("gate.listen", "\"127.0.0.1:7000\"", "client address (TCP frames; every shard accepts, SO_REUSEPORT)"),
+    ("gate.shards", "0", "executors, each pinned to a core; 0 = one per available core"),
+    ("gate.listen_backlog", "4096", "listen(2) backlog of each shard's socket"),
+    ("gate.io_memory_kib", "64", "glommio io_memory per shard, pinned 3 times (memlock); 64 is glommio's floor"),
+    ("gate.max_frame", "65536", "largest frame body accepted or sent, bytes (LoginResp.max_frame)"),
+    ("gate.login_timeout_secs", "10", "a connection must log in within this, or it is closed"),
+    ("gate.heartbeat_secs", "30", "client PING interval; no complete frame for 3x this closes with KICK 6"),
+    ("gate.max_connections", "1000000", "connections the gate holds; past it a new one gets KICK 2 and is closed"),
+    ("gate.handoff_queue", "1024", "capacity of each cross-shard hand-off channel; when full the connection is closed"),
+    ("auth.mode", "\"dev\"", "\"dev\" (any token, loopback only) | \"jwt\" (HS256 with auth.secret) | \"backend\""),
+    ("auth.secret", "\"\"", "HS256 key for auth.mode = \"jwt\" (its UTF-8 bytes)"),
+];
+
+/// The key table formatted for `--help`.
+pub fn keys_help() -> String {
+    let mut out = String::from("Configuration keys (TOML; every key optional):\n");
+    for (key, default, meaning) in KEYS {
+        out.push_str(&format!("  {key:<26} default {default:<22} {meaning}\n"));
+    }
+    out
+}
+
+/// A configuration that cannot be used; names the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, reason: reason.into() }
+}
+
+/// Validated, typed settings the shards run with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub gate_id: String,
+    pub listen: SocketAddr,
+    pub shards: NonZeroUsize,
+    pub listen_backlog: u32,
+    pub io_memory: usize,
+    pub max_frame: u32,
+    pub login_timeout: Duration,
+    pub heartbeat: Duration,
+    pub heartbeat_secs: u32,
+    pub max_connections: usize,
+    pub handoff_queue: NonZeroUsize,
+    pub auth_mode: AuthMode,
+    pub auth_secret: Vec<u8>,
+}
+
+impl Settings {
+    /// A session with no complete frame for this long is closed (3 x heartbeat).
+    pub fn idle_timeout(&self) -> Duration {
+        self.heartbeat * 3
+    }
+}
+
+impl Config {
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    pub fn from_file(path: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::from_toml(&text)
+    }
+
+    /// Checks every value and resolves defaults that depend on the host (shard count, gate id).
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let g = &self.gate;
+        let listen = g
+            .listen
+            .to_socket_addrs()
+            .map_err(|e| invalid("gate.listen", format!("{:?} is not host:port ({e})", g.listen)))?
+            .next()
+            .ok_or_else(|| invalid("gate.listen", format!("{:?} resolves to no address", g.listen)))?;
+        let shards = match NonZeroUsize::new(g.shards) {
+            Some(n) => n,
+            None => std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+        };
+        if g.shards > 1024 {
+            return Err(invalid("gate.shards", "at most 1024"));
+        }
+        if g.listen_backlog == 0 {
+            return Err(invalid("gate.listen_backlog", "must be at least 1"));
+        }
+        if g.io_memory_kib < 64 {
+            return Err(invalid("gate.io_memory_kib", "glommio needs at least 64"));
+        }
+        if !(1024..=16 << 20).contains(&g.max_frame) {
+            return Err(invalid("gate.max_frame", "must be between 1024 and 16777216 bytes"));
+        }
+        if !(1..=3600).contains(&g.login_timeout_secs) {
+            return Err(invalid("gate.login_timeout_secs", "must be between 1 and 3600"));
+        }
+        if !(1..=3600).contains(&g.heartbeat_secs) {
+            return Err(invalid("gate.heartbeat_secs", "must be between 1 and 3600"));
+        }
+        let handoff_queue = NonZeroUsize::new(g.handoff_queue)
+            .ok_or_else(|| invalid("gate.handoff_queue", "must be at least 1"))?;
+        match self.auth.mode {
+            AuthMode::Dev if !listen.ip().is_loopback() => {
+                return Err(invalid(
+                    "auth.mode",
+                    format!("\"dev\" accepts any token and is refused on the non-loopback address {listen}; use \"jwt\""),
+                ));
+            }
+            AuthMode::Jwt if self.auth.secret.is_empty() => {
+                return Err(invalid("auth.secret", "required when auth.mode = \"jwt\""));
+            }
+            AuthMode::Backend => {
+                return Err(invalid(
+                    "auth.mode",
+                    "\"backend\" needs the backend boundary, which this build does not have yet; use \"jwt\" or \"dev\"",
+                ));
+            }
+            _ => {}
+        }
+        let gate_id = if g.id.is_empty() { format!("{}:{}", hostname(), listen.port()) } else { g.id.clone() };
+        Ok(Settings {
+            gate_id,
+            listen,
+            shards,
+            listen_backlog: g.listen_backlog,
+            io_memory: g.io_memory_kib * 1024,
+            max_frame: g.max_frame,
+            login_timeout: Duration::from_secs(g.login_timeout_secs),
+            heartbeat: Duration::from_secs(u64::from(g.heartbeat_secs)),
+            heartbeat_secs: g.heartbeat_secs,
+            max_connections: g.max_connections,
+            handoff_queue,
+            auth_mode: self.auth.mode,
+            auth_secret: self.auth.secret.clone().into_bytes(),
+        })
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<String>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    flatten(&key, v, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+
+    #[test]
+    fn help_table_names_exactly_the_accepted_keys() {
+        let value = toml::Value::try_from(Config::default()).expect("default config serialises");
+        let mut accepted = Vec::new();
+        flatten("", &value, &mut accepted);
+        accepted.sort();
+        let mut documented: Vec<String> = KEYS.iter().map(|(k, _, _)| k.to_string()).collect();
+        documented.sort();
+        assert_eq!(accepted, documented);
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let cfg = Config::from_toml("").unwrap();
+        assert_eq!(cfg, Config::default());
+        let s = cfg.validate().unwrap();
+        assert_eq!(s.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(s.max_frame, 65536);
+        assert_eq!(s.idle_timeout(), Duration::from_secs(90));
+        assert!(s.gate_id.ends_with(":7000"));
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let err = Config::from_toml("[gate]\nlisten_backlgo = 5\n").unwrap_err().to_string();
+        assert!(err.contains("listen_backlgo"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_refused_with_the_key() {
+        let err = Config::from_toml("[gate]\nshards = \"two\"\n").unwrap_err().to_string();
+        assert!(err.contains("shards"), "{err}");
+    }
+
+    #[test]
+    fn dev_auth_is_refused_off_loopback() {
+        let cfg = Config::from_toml("[gate]\nlisten = \"0.0.0.0:7000\"\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("auth.mode:"), "{err}");
+    }
+
+    #[test]
+    fn jwt_needs_a_secret_and_backend_is_not_available_yet() {
+        let err = Config::from_toml("[auth]\nmode = \"jwt\"\n").unwrap().validate().unwrap_err();
+        assert!(err.to_string().starts_with("auth.secret:"), "{err}");
+        let err = Config::from_toml("[auth]\nmode = \"backend\"\n").unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("backend boundary"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_key() {
+        for (text, key) in [
+            ("[gate]\nmax_frame = 10\n", "gate.max_frame"),
+            ("[gate]\nio_memory_kib = 4\n", "gate.io_memory_kib"),
+            ("[gate]\nheartbeat_secs = 0\n", "gate.heartbeat_secs"),
+            ("[gate]\nlisten = \"nonsense\"\n", "gate.listen"),
+        ] {
+            let err = Config::from_toml(text).unwrap().validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{text}: {err}");
+        }
+    }
+}
