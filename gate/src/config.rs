@@ -75,18 +75,66 @@ pub enum AuthMode {
 /// Every key: name, default, meaning. `gate --help` prints this table; a test checks that it
 /// names exactly the keys the structs above accept.
 pub const KEYS: &[(&str, &str, &str)] = &[
-    ("gate.id", "\"<hostname>:<port>\"", "name of this gate in LoginResp.gate_id and logs"),
-    ("gate.listen", "\"127.0.0.1:7000\"", "client address (TCP frames; every shard accepts, SO_REUSEPORT)"),
-    ("gate.shards", "0", "executors, each pinned to a core; 0 = one per available core"),
-    ("gate.listen_backlog", "4096", "listen(2) backlog of each shard's socket"),
-    ("gate.io_memory_kib", "64", "glommio io_memory per shard, pinned 3 times (memlock); 64 is glommio's floor"),
-    ("gate.max_frame", "65536", "largest frame body accepted or sent, bytes (LoginResp.max_frame)"),
-    ("gate.login_timeout_secs", "10", "a connection must log in within this, or it is closed"),
-    ("gate.heartbeat_secs", "30", "client PING interval; no complete frame for 3x this closes with KICK 6"),
-    ("gate.max_connections", "1000000", "connections the gate holds; past it a new one gets KICK 2 and is closed"),
-    ("gate.handoff_queue", "1024", "capacity of each cross-shard hand-off channel; when full the connection is closed"),
-    ("auth.mode", "\"dev\"", "\"dev\" (any token, loopback only) | \"jwt\" (HS256 with auth.secret) | \"backend\""),
-    ("auth.secret", "\"\"", "HS256 key for auth.mode = \"jwt\" (its UTF-8 bytes)"),
+    (
+        "gate.id",
+        "\"<hostname>:<port>\"",
+        "name of this gate in LoginResp.gate_id and logs",
+    ),
+    (
+        "gate.listen",
+        "\"127.0.0.1:7000\"",
+        "client address (TCP frames; every shard accepts, SO_REUSEPORT)",
+    ),
+    (
+        "gate.shards",
+        "0",
+        "executors, each pinned to a core; 0 = one per available core",
+    ),
+    (
+        "gate.listen_backlog",
+        "4096",
+        "listen(2) backlog of each shard's socket",
+    ),
+    (
+        "gate.io_memory_kib",
+        "64",
+        "glommio io_memory per shard, pinned 3 times (memlock); 64 is glommio's floor",
+    ),
+    (
+        "gate.max_frame",
+        "65536",
+        "largest frame body accepted or sent, bytes (LoginResp.max_frame)",
+    ),
+    (
+        "gate.login_timeout_secs",
+        "10",
+        "a connection must log in within this, or it is closed",
+    ),
+    (
+        "gate.heartbeat_secs",
+        "30",
+        "client PING interval; no complete frame for 3x this closes with KICK 6",
+    ),
+    (
+        "gate.max_connections",
+        "1000000",
+        "connections the gate holds; past it a new one gets KICK 2 and is closed",
+    ),
+    (
+        "gate.handoff_queue",
+        "1024",
+        "capacity of each cross-shard hand-off channel; when full the connection is closed",
+    ),
+    (
+        "auth.mode",
+        "\"dev\"",
+        "\"dev\" (any token, loopback only) | \"jwt\" (HS256 with auth.secret) | \"backend\"",
+    ),
+    (
+        "auth.secret",
+        "\"\"",
+        "HS256 key for auth.mode = \"jwt\" (its UTF-8 bytes)",
+    ),
 ];
 
 /// The key table formatted for `--help`.
@@ -102,7 +150,10 @@ pub fn keys_help() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Parse(#[from] toml::de::Error),
     #[error("{key}: {reason}")]
@@ -110,7 +161,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, reason: reason.into() }
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
 }
 
 /// Validated, typed settings the shards run with.
@@ -144,8 +198,10 @@ impl Config {
     }
 
     pub fn from_file(path: &str) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::from_toml(&text)
     }
 
@@ -155,9 +211,19 @@ impl Config {
         let listen = g
             .listen
             .to_socket_addrs()
-            .map_err(|e| invalid("gate.listen", format!("{:?} is not host:port ({e})", g.listen)))?
+            .map_err(|e| {
+                invalid(
+                    "gate.listen",
+                    format!("{:?} is not host:port ({e})", g.listen),
+                )
+            })?
             .next()
-            .ok_or_else(|| invalid("gate.listen", format!("{:?} resolves to no address", g.listen)))?;
+            .ok_or_else(|| {
+                invalid(
+                    "gate.listen",
+                    format!("{:?} resolves to no address", g.listen),
+                )
+            })?;
         let shards = match NonZeroUsize::new(g.shards) {
             Some(n) => n,
             None => std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
@@ -172,10 +238,16 @@ impl Config {
             return Err(invalid("gate.io_memory_kib", "glommio needs at least 64"));
         }
         if !(1024..=16 << 20).contains(&g.max_frame) {
-            return Err(invalid("gate.max_frame", "must be between 1024 and 16777216 bytes"));
+            return Err(invalid(
+                "gate.max_frame",
+                "must be between 1024 and 16777216 bytes",
+            ));
         }
         if !(1..=3600).contains(&g.login_timeout_secs) {
-            return Err(invalid("gate.login_timeout_secs", "must be between 1 and 3600"));
+            return Err(invalid(
+                "gate.login_timeout_secs",
+                "must be between 1 and 3600",
+            ));
         }
         if !(1..=3600).contains(&g.heartbeat_secs) {
             return Err(invalid("gate.heartbeat_secs", "must be between 1 and 3600"));
@@ -186,7 +258,9 @@ impl Config {
             AuthMode::Dev if !listen.ip().is_loopback() => {
                 return Err(invalid(
                     "auth.mode",
-                    format!("\"dev\" accepts any token and is refused on the non-loopback address {listen}; use \"jwt\""),
+                    format!(
+                        "\"dev\" accepts any token and is refused on the non-loopback address {listen}; use \"jwt\""
+                    ),
                 ));
             }
             AuthMode::Jwt if self.auth.secret.is_empty() => {
@@ -200,7 +274,11 @@ impl Config {
             }
             _ => {}
         }
-        let gate_id = if g.id.is_empty() { format!("{}:{}", hostname(), listen.port()) } else { g.id.clone() };
+        let gate_id = if g.id.is_empty() {
+            format!("{}:{}", hostname(), listen.port())
+        } else {
+            g.id.clone()
+        };
         Ok(Settings {
             gate_id,
             listen,
@@ -238,7 +316,11 @@ mod tests {
         match value {
             toml::Value::Table(t) => {
                 for (k, v) in t {
-                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     flatten(&key, v, out);
                 }
             }
@@ -270,13 +352,17 @@ mod tests {
 
     #[test]
     fn unknown_key_is_refused_by_name() {
-        let err = Config::from_toml("[gate]\nlisten_backlgo = 5\n").unwrap_err().to_string();
+        let err = Config::from_toml("[gate]\nlisten_backlgo = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listen_backlgo"), "{err}");
     }
 
     #[test]
     fn wrong_type_is_refused_with_the_key() {
-        let err = Config::from_toml("[gate]\nshards = \"two\"\n").unwrap_err().to_string();
+        let err = Config::from_toml("[gate]\nshards = \"two\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("shards"), "{err}");
     }
 
@@ -289,9 +375,15 @@ mod tests {
 
     #[test]
     fn jwt_needs_a_secret_and_backend_is_not_available_yet() {
-        let err = Config::from_toml("[auth]\nmode = \"jwt\"\n").unwrap().validate().unwrap_err();
+        let err = Config::from_toml("[auth]\nmode = \"jwt\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
         assert!(err.to_string().starts_with("auth.secret:"), "{err}");
-        let err = Config::from_toml("[auth]\nmode = \"backend\"\n").unwrap().validate().unwrap_err();
+        let err = Config::from_toml("[auth]\nmode = \"backend\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
         assert!(err.to_string().contains("backend boundary"), "{err}");
     }
 
@@ -303,7 +395,11 @@ mod tests {
             ("[gate]\nheartbeat_secs = 0\n", "gate.heartbeat_secs"),
             ("[gate]\nlisten = \"nonsense\"\n", "gate.listen"),
         ] {
-            let err = Config::from_toml(text).unwrap().validate().unwrap_err().to_string();
+            let err = Config::from_toml(text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
             assert!(err.starts_with(key), "{text}: {err}");
         }
     }

@@ -10,4 +10,5 @@ pub mod client;
 pub mod config;
 pub mod delivery;
 pub mod protocol;
+pub mod session;
 pub mod shard;

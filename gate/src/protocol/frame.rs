@@ -201,7 +201,13 @@ pub fn encode_frame_into(
 }
 
 /// Encodes one frame into its own buffer, ready to be shared by every recipient.
-pub fn encode_frame(cmd: u8, msg_type: MsgType, log_id: u32, seq: u32, body: &impl Message) -> Bytes {
+pub fn encode_frame(
+    cmd: u8,
+    msg_type: MsgType,
+    log_id: u32,
+    seq: u32,
+    body: &impl Message,
+) -> Bytes {
     let mut out = BytesMut::with_capacity(HEADER_LEN + body.encoded_len());
     encode_frame_into(&mut out, cmd, msg_type, log_id, seq, body);
     out.freeze()

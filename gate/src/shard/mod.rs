@@ -26,7 +26,10 @@ pub fn shard_of_session(session_id: u64) -> usize {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start shard {shard}: {reason}")]
     Executor { shard: usize, reason: String },
 }
@@ -71,5 +74,7 @@ impl GateHandle {
 
 /// Starts every shard and returns once all of them are accepting.
 pub fn start(settings: Settings) -> Result<GateHandle, StartError> {
-    Ok(GateHandle { local_addr: settings.listen })
+    Ok(GateHandle {
+        local_addr: settings.listen,
+    })
 }

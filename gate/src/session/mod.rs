@@ -1,0 +1,330 @@
+//! Sessions: the per-connection protocol state machine ([`ConnSession`]) and the per-shard map
+//! uid → devices → connection ([`Registry`]).
+//!
+//! Sans-IO: [`ConnSession`] takes decoded frames and `now`, and answers with [`Action`]s (frames
+//! to queue, a LOGIN to decide, a close); it never touches a socket, a clock or another shard.
+//! The shard's connection task drives it and owns the IO; the shard owns the `Registry`.
+//!
+//! Call order: `handle_frame` / `handle_frame_error` for input, `handle_timeout` when
+//! `poll_timeout` has passed, `login_accepted` / `login_refused` to answer an [`Action::Login`].
+//! `now` must not go backwards between calls.
+
+mod registry;
+
+pub use registry::{DeviceSession, Registry};
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::protocol::pb::{Error as ErrorBody, Kick, LoginReq, LoginResp};
+use crate::protocol::{Code, Frame, FrameError, KickReason, MsgType, cmd, encode_frame};
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Connected, no successful LOGIN yet; closed at `login_deadline`.
+    AwaitingLogin,
+    /// A LOGIN is being decided by the shard (token check, owner shard).
+    LoginPending,
+    LoggedIn(LoggedIn),
+    /// A close was decided; nothing more is read.
+    Closing,
+}
+
+/// Who a logged-in connection belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedIn {
+    pub uid: u64,
+    pub device_id: Box<str>,
+    pub session_id: u64,
+}
+
+/// What the shell must do after an input.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub enum Action {
+    /// Nothing (an ignored notify or response).
+    None,
+    /// Queue this frame to the client.
+    Reply(Bytes),
+    /// Decide this LOGIN (verify the token, find the owner shard), then call
+    /// [`ConnSession::login_accepted`] or [`ConnSession::login_refused`].
+    Login {
+        req: LoginReq,
+        log_id: u32,
+        seq: u32,
+    },
+    /// A message-path frame (SEND, ACK, PULL, READ, SYNC, BIZ) from a logged-in client, for the
+    /// delivery engine and the backend.
+    Forward(Frame),
+    /// The peer answered a PING the gate sent.
+    PingAnswered { seq: u32 },
+    /// Queue `frames` (may be empty), flush them, then close the connection.
+    Close { frames: Vec<Bytes>, why: CloseWhy },
+}
+
+/// Why a connection is being closed, for logs and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseWhy {
+    Logout,
+    LoginTimeout,
+    LoginRefused,
+    Idle,
+    Protocol,
+    Kicked(KickReason),
+}
+
+/// One connection's protocol state. Small on purpose: an idle logged-in connection keeps this,
+/// and nothing else grows with time.
+#[derive(Debug)]
+pub struct ConnSession {
+    phase: Phase,
+    login_deadline: Instant,
+    last_rx: Instant,
+    idle_timeout: Duration,
+}
+
+impl ConnSession {
+    /// A connection accepted at `accepted_at` that must log in by `login_deadline`.
+    pub fn new(accepted_at: Instant, login_deadline: Instant, idle_timeout: Duration) -> Self {
+        Self {
+            phase: Phase::AwaitingLogin,
+            login_deadline,
+            last_rx: accepted_at,
+            idle_timeout,
+        }
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    pub fn logged_in(&self) -> Option<&LoggedIn> {
+        match &self.phase {
+            Phase::LoggedIn(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn login_deadline(&self) -> Instant {
+        self.login_deadline
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next; `None` once closing.
+    /// The idle deadline moves with every frame, so a caller that armed an earlier instant
+    /// simply calls again and re-arms.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::AwaitingLogin | Phase::LoginPending => Some(self.login_deadline),
+            Phase::LoggedIn(_) => Some(self.last_rx + self.idle_timeout),
+            Phase::Closing => None,
+        }
+    }
+
+    /// Closes the connection if its deadline has passed.
+    pub fn handle_timeout(&mut self, now: Instant) -> Action {
+        match self.poll_timeout() {
+            Some(at) if now >= at => {}
+            _ => return Action::None,
+        }
+        match self.phase {
+            Phase::LoggedIn(_) => {
+                self.close_with_kick(None, KickReason::IdleTimeout, CloseWhy::Idle)
+            }
+            _ => self.close(Vec::new(), CloseWhy::LoginTimeout),
+        }
+    }
+
+    /// One complete frame from the client.
+    pub fn handle_frame(&mut self, frame: Frame, now: Instant) -> Action {
+        if self.phase == Phase::Closing {
+            return Action::None;
+        }
+        self.last_rx = now;
+        let logged_in = matches!(self.phase, Phase::LoggedIn(_));
+        match (frame.cmd, frame.msg_type) {
+            (cmd::PING, MsgType::Request) => Action::Reply(encode_frame(
+                cmd::PING,
+                MsgType::Response,
+                frame.log_id,
+                frame.seq,
+                &(),
+            )),
+            (cmd::PING, MsgType::Response) => Action::PingAnswered { seq: frame.seq },
+            (cmd::LOGIN, MsgType::Request) => self.handle_login(frame),
+            (cmd::LOGOUT, MsgType::Request) if logged_in => {
+                let reply =
+                    encode_frame(cmd::LOGOUT, MsgType::Response, frame.log_id, frame.seq, &());
+                self.close(vec![reply], CloseWhy::Logout)
+            }
+            (cmd::SEND | cmd::PULL | cmd::READ | cmd::SYNC | cmd::BIZ, MsgType::Request)
+            | (cmd::ACK, MsgType::Notify)
+                if logged_in =>
+            {
+                Action::Forward(frame)
+            }
+            (_, MsgType::Request) if !logged_in => {
+                Action::Reply(error_frame(&frame, Code::NotLoggedIn, "log in first"))
+            }
+            (_, MsgType::Request) => {
+                Action::Reply(error_frame(&frame, Code::BadRequest, "unknown command"))
+            }
+            // A notify the gate knows is refused before LOGIN (e.g. an ACK); unknown notifies
+            // are ignored, as they are how the protocol is extended.
+            (cmd::ACK, MsgType::Notify) => {
+                Action::Reply(error_frame(&frame, Code::NotLoggedIn, "log in first"))
+            }
+            (_, MsgType::Notify | MsgType::Response) => Action::None,
+        }
+    }
+
+    /// Input the decoder refused: answer as PROTOCOL.md names, then close.
+    pub fn handle_frame_error(&mut self, err: &FrameError) -> Action {
+        let error = match (err.code(), err.header()) {
+            (Some(code), Some(h)) => {
+                let (msg_type, seq) = match MsgType::from_wire(h.msg_type) {
+                    Some(MsgType::Request) => (MsgType::Response, h.seq),
+                    _ => (MsgType::Notify, 0),
+                };
+                let body = ErrorBody {
+                    code: code.wire(),
+                    message: err.to_string(),
+                };
+                Some(encode_frame(cmd::ERROR, msg_type, h.log_id, seq, &body))
+            }
+            _ => None,
+        };
+        self.close_with_kick(error, KickReason::ProtocolError, CloseWhy::Protocol)
+    }
+
+    /// The shell kicks this session (duplicate login, drain, admin...): KICK if logged in, then
+    /// close.
+    pub fn kick(&mut self, reason: KickReason, message: &str) -> Action {
+        if self.phase == Phase::Closing {
+            return Action::None;
+        }
+        let frames = match self.phase {
+            Phase::LoggedIn(_) => vec![kick_frame(reason, message)],
+            _ => Vec::new(),
+        };
+        self.close(frames, CloseWhy::Kicked(reason))
+    }
+
+    /// The LOGIN passed: the connection is now `session`. Returns the LoginResp to queue.
+    pub fn login_accepted(
+        &mut self,
+        session: LoggedIn,
+        resp: LoginResp,
+        log_id: u32,
+        seq: u32,
+    ) -> Bytes {
+        debug_assert_eq!(self.phase, Phase::LoginPending);
+        self.phase = Phase::LoggedIn(session);
+        encode_frame(cmd::LOGIN, MsgType::Response, log_id, seq, &resp)
+    }
+
+    /// The LOGIN was refused with `code`. UNAUTHENTICATED closes the connection; any other code
+    /// leaves it open until the login deadline.
+    pub fn login_refused(&mut self, code: Code, message: &str, log_id: u32, seq: u32) -> Action {
+        let body = LoginResp {
+            code: code.wire(),
+            message: message.into(),
+            ..Default::default()
+        };
+        let reply = encode_frame(cmd::LOGIN, MsgType::Response, log_id, seq, &body);
+        if code == Code::Unauthenticated {
+            return self.close(vec![reply], CloseWhy::LoginRefused);
+        }
+        self.phase = Phase::AwaitingLogin;
+        Action::Reply(reply)
+    }
+
+    fn handle_login(&mut self, frame: Frame) -> Action {
+        let refuse = |code: Code, message: &str| {
+            let body = LoginResp {
+                code: code.wire(),
+                message: message.into(),
+                ..Default::default()
+            };
+            Action::Reply(encode_frame(
+                cmd::LOGIN,
+                MsgType::Response,
+                frame.log_id,
+                frame.seq,
+                &body,
+            ))
+        };
+        match self.phase {
+            Phase::AwaitingLogin => {}
+            Phase::LoginPending => {
+                return refuse(Code::BadRequest, "a LOGIN is already in progress");
+            }
+            _ => return refuse(Code::BadRequest, "already logged in"),
+        }
+        let req = match LoginReq::decode(frame.body) {
+            Ok(req) => req,
+            Err(_) => return refuse(Code::BadRequest, "LoginReq does not decode"),
+        };
+        if req.uid == 0 {
+            return refuse(Code::BadRequest, "uid 0 is invalid");
+        }
+        self.phase = Phase::LoginPending;
+        Action::Login {
+            req,
+            log_id: frame.log_id,
+            seq: frame.seq,
+        }
+    }
+
+    fn close_with_kick(
+        &mut self,
+        first: Option<Bytes>,
+        reason: KickReason,
+        why: CloseWhy,
+    ) -> Action {
+        let mut frames: Vec<Bytes> = first.into_iter().collect();
+        if matches!(self.phase, Phase::LoggedIn(_)) {
+            frames.push(kick_frame(reason, ""));
+        }
+        self.close(frames, why)
+    }
+
+    fn close(&mut self, frames: Vec<Bytes>, why: CloseWhy) -> Action {
+        self.phase = Phase::Closing;
+        Action::Close { frames, why }
+    }
+}
+
+/// An ERROR answering `frame`: a response echoing its seq for a request, a notify otherwise.
+pub fn error_frame(frame: &Frame, code: Code, message: &str) -> Bytes {
+    let body = ErrorBody {
+        code: code.wire(),
+        message: message.into(),
+    };
+    match frame.msg_type {
+        MsgType::Request => encode_frame(
+            cmd::ERROR,
+            MsgType::Response,
+            frame.log_id,
+            frame.seq,
+            &body,
+        ),
+        _ => encode_frame(cmd::ERROR, MsgType::Notify, frame.log_id, 0, &body),
+    }
+}
+
+/// A KICK notify.
+pub fn kick_frame(reason: KickReason, message: &str) -> Bytes {
+    let body = Kick {
+        reason: reason.wire(),
+        message: message.into(),
+        ..Default::default()
+    };
+    encode_frame(cmd::KICK, MsgType::Notify, 0, 0, &body)
+}
+
+#[cfg(test)]
+mod tests;
