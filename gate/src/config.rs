@@ -33,6 +33,7 @@ pub struct GateConfig {
     pub heartbeat_secs: u32,
     pub max_connections: usize,
     pub handoff_queue: usize,
+    pub max_outbound_kib: usize,
 }
 
 impl Default for GateConfig {
@@ -48,6 +49,7 @@ impl Default for GateConfig {
             heartbeat_secs: 30,
             max_connections: 1_000_000,
             handoff_queue: 1024,
+            max_outbound_kib: 1024,
         }
     }
 }
@@ -181,6 +183,7 @@ pub struct Settings {
     pub heartbeat_secs: u32,
     pub max_connections: usize,
     pub handoff_queue: NonZeroUsize,
+    pub max_outbound: usize,
     pub auth_mode: AuthMode,
     pub auth_secret: Vec<u8>,
 }
@@ -252,6 +255,9 @@ impl Config {
         if !(1..=3600).contains(&g.heartbeat_secs) {
             return Err(invalid("gate.heartbeat_secs", "must be between 1 and 3600"));
         }
+        if g.max_outbound_kib < 64 {
+            return Err(invalid("gate.max_outbound_kib", "must be at least 64"));
+        }
         let handoff_queue = NonZeroUsize::new(g.handoff_queue)
             .ok_or_else(|| invalid("gate.handoff_queue", "must be at least 1"))?;
         match self.auth.mode {
@@ -291,6 +297,7 @@ impl Config {
             heartbeat_secs: g.heartbeat_secs,
             max_connections: g.max_connections,
             handoff_queue,
+            max_outbound: g.max_outbound_kib * 1024,
             auth_mode: self.auth.mode,
             auth_secret: self.auth.secret.clone().into_bytes(),
         })

@@ -1,0 +1,304 @@
+//! What one shard owns: its connections, its sessions registry, its timer wheel, its counters
+//! and its end of the hand-off mesh. Single-threaded (`Rc`, `RefCell`, `Cell`); no borrow is
+//! ever held across an `.await`.
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Waker;
+use std::time::Instant;
+
+use glommio::channels::channel_mesh::Senders;
+
+use super::ShardStats;
+use super::handoff::Handoff;
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::delivery::{TimerId, TimerWheel};
+use crate::protocol::KickReason;
+use crate::session::Registry;
+
+/// A connection's slot in its shard's table; the generation makes a stale key (a timer that
+/// fires after the connection ended and its slot was reused) harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ConnKey {
+    index: u32,
+    generation: u32,
+}
+
+/// The part of a connection that others on its shard poke: the timer task marks a deadline
+/// due, a newer login of the same device or a stop asks for a kick. The connection task owns
+/// everything else and is woken to act on these.
+#[derive(Debug, Default)]
+pub(crate) struct ConnSignals {
+    kick: Cell<Option<KickReason>>,
+    timer_due: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl ConnSignals {
+    pub fn request_kick(&self, reason: KickReason) {
+        if self.kick.get().is_none() {
+            self.kick.set(Some(reason));
+        }
+        self.wake();
+    }
+
+    pub fn mark_timer_due(&self) {
+        self.timer_due.set(true);
+        self.wake();
+    }
+
+    pub fn take_kick(&self) -> Option<KickReason> {
+        self.kick.take()
+    }
+
+    pub fn take_timer_due(&self) -> bool {
+        self.timer_due.replace(false)
+    }
+
+    pub fn set_waker(&self, waker: &Waker) {
+        match self.waker.take() {
+            Some(w) if w.will_wake(waker) => self.waker.set(Some(w)),
+            _ => self.waker.set(Some(waker.clone())),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Slab of live connections with generation-checked keys.
+#[derive(Default)]
+struct ConnTable {
+    slots: Vec<(u32, Option<Rc<ConnSignals>>)>,
+    free: Vec<u32>,
+    live: usize,
+}
+
+impl ConnTable {
+    fn insert(&mut self, signals: Rc<ConnSignals>) -> ConnKey {
+        self.live += 1;
+        if let Some(index) = self.free.pop() {
+            let slot = &mut self.slots[index as usize];
+            slot.1 = Some(signals);
+            return ConnKey { index, generation: slot.0 };
+        }
+        // More than u32::MAX connections cannot exist (the open-file limit is far lower).
+        let index = self.slots.len() as u32;
+        self.slots.push((0, Some(signals)));
+        ConnKey { index, generation: 0 }
+    }
+
+    fn get(&self, key: ConnKey) -> Option<&Rc<ConnSignals>> {
+        match self.slots.get(key.index as usize) {
+            Some((generation, Some(s))) if *generation == key.generation => Some(s),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, key: ConnKey) {
+        if let Some(slot) = self.slots.get_mut(key.index as usize) {
+            if slot.0 == key.generation && slot.1.take().is_some() {
+                slot.0 = slot.0.wrapping_add(1);
+                self.free.push(key.index);
+                self.live -= 1;
+            }
+        }
+    }
+}
+
+/// Counters a shard publishes for `GateHandle::stats`. Written only by the owning shard's
+/// thread (a relaxed load and store, no read-modify-write), read by anyone.
+#[derive(Debug, Default)]
+pub(crate) struct PublishedStats {
+    connections: AtomicU64,
+    sessions: AtomicU64,
+    logins_ok: AtomicU64,
+    logins_refused: AtomicU64,
+    handoffs_out: AtomicU64,
+    handoffs_in: AtomicU64,
+    handoffs_dropped: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Counter {
+    LoginsOk,
+    LoginsRefused,
+    HandoffsOut,
+    HandoffsIn,
+    HandoffsDropped,
+}
+
+impl PublishedStats {
+    pub fn snapshot(&self) -> ShardStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ShardStats {
+            connections: get(&self.connections),
+            sessions: get(&self.sessions),
+            logins_ok: get(&self.logins_ok),
+            logins_refused: get(&self.logins_refused),
+            handoffs_out: get(&self.handoffs_out),
+            handoffs_in: get(&self.handoffs_in),
+            handoffs_dropped: get(&self.handoffs_dropped),
+        }
+    }
+
+    fn counter(&self, c: Counter) -> &AtomicU64 {
+        match c {
+            Counter::LoginsOk => &self.logins_ok,
+            Counter::LoginsRefused => &self.logins_refused,
+            Counter::HandoffsOut => &self.handoffs_out,
+            Counter::HandoffsIn => &self.handoffs_in,
+            Counter::HandoffsDropped => &self.handoffs_dropped,
+        }
+    }
+}
+
+/// One shard's state.
+pub(crate) struct Shard {
+    pub index: usize,
+    pub shards: usize,
+    pub settings: Settings,
+    pub auth: Authenticator,
+    /// This shard's share of `gate.max_connections`.
+    pub max_connections: usize,
+    conns: RefCell<ConnTable>,
+    pub registry: RefCell<Registry<ConnKey>>,
+    wheel: RefCell<TimerWheel<ConnKey>>,
+    /// The timer task's waker and the instant it sleeps until, so an earlier deadline wakes it.
+    timer_waker: Cell<Option<Waker>>,
+    timer_armed_at: Cell<Option<Instant>>,
+    pub handoff: OnceCell<Senders<Handoff>>,
+    next_session: Cell<u64>,
+    pub stopping: Cell<bool>,
+    stats: Arc<PublishedStats>,
+    rng: Cell<u64>,
+}
+
+impl Shard {
+    pub fn new(index: usize, settings: Settings, stats: Arc<PublishedStats>, now: Instant) -> Self {
+        let shards = settings.shards.get();
+        let auth = match settings.auth_mode {
+            crate::config::AuthMode::Jwt => Authenticator::jwt(&settings.auth_secret),
+            // `backend` is refused by config validation until the backend boundary exists.
+            crate::config::AuthMode::Dev | crate::config::AuthMode::Backend => Authenticator::dev(),
+        };
+        Self {
+            index,
+            shards,
+            max_connections: settings.max_connections.div_ceil(shards),
+            settings,
+            auth,
+            conns: RefCell::default(),
+            registry: RefCell::default(),
+            wheel: RefCell::new(TimerWheel::new(now)),
+            timer_waker: Cell::new(None),
+            timer_armed_at: Cell::new(None),
+            handoff: OnceCell::new(),
+            next_session: Cell::new(1),
+            stopping: Cell::new(false),
+            stats,
+            rng: Cell::new(0x2545_F491_4F6C_DD1D ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        }
+    }
+
+    pub fn add_conn(&self) -> (ConnKey, Rc<ConnSignals>) {
+        let signals = Rc::new(ConnSignals::default());
+        let key = self.conns.borrow_mut().insert(signals.clone());
+        self.publish_gauges();
+        (key, signals)
+    }
+
+    pub fn remove_conn(&self, key: ConnKey) {
+        self.conns.borrow_mut().remove(key);
+        self.publish_gauges();
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.borrow().live
+    }
+
+    pub fn at_capacity(&self) -> bool {
+        self.connections() >= self.max_connections
+    }
+
+    pub fn kick(&self, key: ConnKey, reason: KickReason) {
+        if let Some(signals) = self.conns.borrow().get(key) {
+            signals.request_kick(reason);
+        }
+    }
+
+    pub fn kick_all(&self, reason: KickReason) {
+        for (_, signals) in &self.conns.borrow().slots {
+            if let Some(s) = signals {
+                s.request_kick(reason);
+            }
+        }
+    }
+
+    /// A fresh session id: a per-shard counter above, the shard index in the low 10 bits.
+    pub fn next_session_id(&self) -> u64 {
+        let n = self.next_session.get();
+        self.next_session.set(n + 1);
+        (n << 10) | self.index as u64
+    }
+
+    pub fn count(&self, c: Counter) {
+        let counter = self.stats.counter(c);
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    pub fn publish_gauges(&self) {
+        self.stats.connections.store(self.connections() as u64, Ordering::Relaxed);
+        self.stats.sessions.store(self.registry.borrow().len() as u64, Ordering::Relaxed);
+    }
+
+    /// A pseudo-random number (xorshift64*), for jitter only.
+    pub fn random(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Arms a deadline for `key`; the timer task marks the connection due when it passes.
+    pub fn arm_timer(&self, key: ConnKey, at: Instant) -> TimerId {
+        let id = self.wheel.borrow_mut().insert(at, key);
+        if self.timer_armed_at.get().is_none_or(|armed| at < armed) {
+            if let Some(w) = self.timer_waker.take() {
+                w.wake();
+            }
+        }
+        id
+    }
+
+    pub fn cancel_timer(&self, id: TimerId) {
+        let _ = self.wheel.borrow_mut().cancel(id);
+    }
+
+    /// For the timer task: marks every connection whose deadline passed at `now`, and returns
+    /// the next instant to wake at.
+    pub fn expire_timers(&self, now: Instant) -> Option<Instant> {
+        loop {
+            let expired = self.wheel.borrow_mut().poll_expired(now);
+            let Some((_, key)) = expired else { break };
+            if let Some(signals) = self.conns.borrow().get(key) {
+                signals.mark_timer_due();
+            }
+        }
+        let next = self.wheel.borrow().poll_timeout();
+        self.timer_armed_at.set(next);
+        next
+    }
+
+    pub fn set_timer_waker(&self, waker: &Waker) {
+        self.timer_waker.set(Some(waker.clone()));
+    }
+}
