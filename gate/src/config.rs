@@ -128,6 +128,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "capacity of each cross-shard hand-off channel; when full the connection is closed",
     ),
     (
+        "gate.max_outbound_kib",
+        "1024",
+        "unsent output one connection may hold; past it the client is kicked as a slow consumer (KICK 4)",
+    ),
+    (
         "auth.mode",
         "\"dev\"",
         "\"dev\" (any token, loopback only) | \"jwt\" (HS256 with auth.secret) | \"backend\"",

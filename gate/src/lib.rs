@@ -12,3 +12,5 @@ pub mod delivery;
 pub mod protocol;
 pub mod session;
 pub mod shard;
+
+pub use shard::{GateHandle, StartError, run, start};

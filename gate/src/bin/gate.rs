@@ -1,1 +1,57 @@
-fn main() {}
+//! `gate --config FILE`: loads the configuration and runs the gate until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// imgate: a thread-per-core IM gateway.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file; without it every key takes its default.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<String>,
+    /// Check the configuration, print the settings it resolves to, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let matches = Args::command()
+        .after_help(gate::config::keys_help())
+        .get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(err) => err.exit(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = match &args.config {
+        Some(path) => gate::config::Config::from_file(path),
+        None => Ok(gate::config::Config::default()),
+    };
+    let settings = match config.and_then(|c| c.validate()) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("gate: configuration refused: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!("{settings:#?}");
+        return ExitCode::SUCCESS;
+    }
+    match gate::run(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("gate: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -49,11 +49,21 @@ pub(crate) fn recv_into(fd: RawFd, buf: &mut BytesMut, max: usize) -> io::Result
 pub(crate) fn peer_closed(fd: RawFd) -> bool {
     let mut byte = 0u8;
     // SAFETY: one writable byte on the stack.
-    let n = unsafe { libc::recv(fd, (&raw mut byte).cast(), 1, libc::MSG_DONTWAIT | libc::MSG_PEEK) };
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_DONTWAIT | libc::MSG_PEEK,
+        )
+    };
     if n >= 0 {
         return n == 0;
     }
-    !matches!(io::Error::last_os_error().kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+    !matches!(
+        io::Error::last_os_error().kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 /// Most iovecs passed to one `sendmsg` (Linux's IOV_MAX is 1024; 64 frames already fill a
@@ -98,7 +108,9 @@ impl OutQueue {
     pub fn advance(&mut self, mut n: usize) {
         self.bytes -= n;
         while n > 0 {
-            let Some(front) = self.frames.front_mut() else { break };
+            let Some(front) = self.frames.front_mut() else {
+                break;
+            };
             if n < front.len() {
                 front.advance(n);
                 return;
@@ -115,10 +127,16 @@ impl OutQueue {
     /// Writes as much as the socket takes without blocking. `Done(())` when the queue is empty.
     pub fn write_to(&mut self, fd: RawFd) -> io::Result<Nb<()>> {
         while !self.frames.is_empty() {
-            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOVECS_PER_WRITE];
+            let mut iov = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; IOVECS_PER_WRITE];
             let mut count = 0;
             for (slot, frame) in iov.iter_mut().zip(self.frames.iter()) {
-                *slot = libc::iovec { iov_base: frame.as_ptr() as *mut _, iov_len: frame.len() };
+                *slot = libc::iovec {
+                    iov_base: frame.as_ptr() as *mut _,
+                    iov_len: frame.len(),
+                };
                 count += 1;
             }
             // SAFETY: zeroed msghdr is valid (no name, no control); iov points at `count` live
@@ -196,14 +214,23 @@ mod tests {
     fn recv_into_reads_what_is_there_and_reports_end_of_stream() {
         let (a, b) = UnixStream::pair().unwrap();
         let mut buf = BytesMut::new();
-        assert!(matches!(recv_into(b.as_raw_fd(), &mut buf, 64).unwrap(), Nb::WouldBlock));
+        assert!(matches!(
+            recv_into(b.as_raw_fd(), &mut buf, 64).unwrap(),
+            Nb::WouldBlock
+        ));
         (&a).write_all_ok(b"abc");
-        assert!(matches!(recv_into(b.as_raw_fd(), &mut buf, 64).unwrap(), Nb::Done(3)));
+        assert!(matches!(
+            recv_into(b.as_raw_fd(), &mut buf, 64).unwrap(),
+            Nb::Done(3)
+        ));
         assert_eq!(&buf[..], b"abc");
         assert!(!peer_closed(b.as_raw_fd()));
         drop(a);
         assert!(peer_closed(b.as_raw_fd()));
-        assert!(matches!(recv_into(b.as_raw_fd(), &mut buf, 64).unwrap(), Nb::Done(0)));
+        assert!(matches!(
+            recv_into(b.as_raw_fd(), &mut buf, 64).unwrap(),
+            Nb::Done(0)
+        ));
     }
 
     trait WriteAllOk {

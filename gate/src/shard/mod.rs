@@ -1,10 +1,36 @@
-//! The IO shell: one glommio executor per shard, each accepting on its own SO_REUSEPORT socket,
-//! handing connections to the shard that owns their uid, and running the connection tasks.
-//! (Stub: the API below is what the rest of the crate and the tests build on.)
+//! The IO shell: one glommio executor per shard, pinned to a core, each accepting on its own
+//! `SO_REUSEPORT` socket, handing connections to the shard that owns their uid, and running the
+//! connection tasks around the sans-IO cores.
+//!
+//! Rooms: `listener` (sockets, accept, capacity), `conn` (one task per connection: reads,
+//! session, vectored writes), `handoff` (fd moves between shards), `timer` (the shard's one
+//! runtime timer over its wheel), `state` (what a shard owns), `io` (raw socket calls).
+//! Shards share nothing; they talk only through the bounded hand-off mesh.
+
+mod conn;
+mod handoff;
+mod io;
+mod listener;
+mod state;
+mod timer;
 
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Settings;
+use crate::protocol::KickReason;
+use handoff::Handoff;
+use state::{PublishedStats, Shard};
+
+/// How long a stopping shard waits for its connections to take their KICK and close.
+const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// The shard that owns `uid`: a fixed 64-bit mix (splitmix64's finaliser) modulo the shard
 /// count. Stable across builds, hosts and restarts; never `RandomState`.
@@ -54,6 +80,13 @@ pub struct ShardStats {
 /// A running gate. Dropping it stops the gate.
 pub struct GateHandle {
     local_addr: SocketAddr,
+    shards: Vec<ShardHandle>,
+}
+
+struct ShardHandle {
+    stop: std::os::unix::net::UnixStream,
+    stats: Arc<PublishedStats>,
+    thread: Option<glommio::ExecutorJoinHandle<()>>,
 }
 
 impl GateHandle {
@@ -65,16 +98,177 @@ impl GateHandle {
 
     /// Every shard's counters, indexed by shard.
     pub fn stats(&self) -> Vec<ShardStats> {
-        Vec::new()
+        self.shards.iter().map(|s| s.stats.snapshot()).collect()
     }
 
-    /// Closes the listeners and every connection, and waits for the shards to exit.
+    /// Closes the listeners, kicks every session (KICK 2) and waits for the shards to exit.
     pub fn stop(self) {}
+}
+
+impl Drop for GateHandle {
+    fn drop(&mut self) {
+        for shard in &self.shards {
+            // The shard's stop task wakes on this byte (or on the socket closing).
+            let _ = std::io::Write::write_all(&mut &shard.stop, b"x");
+        }
+        for shard in &mut self.shards {
+            if let Some(thread) = shard.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
 }
 
 /// Starts every shard and returns once all of them are accepting.
 pub fn start(settings: Settings) -> Result<GateHandle, StartError> {
-    Ok(GateHandle {
-        local_addr: settings.listen,
-    })
+    if let Some(warning) = listener::memlock_warning(&settings) {
+        tracing::warn!("{warning}");
+    }
+    let (fds, local_addr) = listener::bind_all(&settings)?;
+    let count = settings.shards.get();
+    let mesh: MeshBuilder<Handoff, _> = MeshBuilder::full(count, settings.handoff_queue.get());
+    let cpus = allowed_cpus();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let mut shards = Vec::with_capacity(count);
+    for (index, listen_fd) in fds.into_iter().enumerate() {
+        let (stop, stop_theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| StartError::Executor {
+                shard: index,
+                reason: format!("stop socket: {e}"),
+            })?;
+        let stats = Arc::new(PublishedStats::default());
+        let ctx = ShardStart {
+            index,
+            settings: settings.clone(),
+            listen_fd,
+            stop: OwnedFd::from(stop_theirs),
+            mesh: (count > 1).then(|| mesh.clone()),
+            stats: Arc::clone(&stats),
+            ready: ready_tx.clone(),
+        };
+        let cpu = cpus
+            .get(index % cpus.len().max(1))
+            .copied()
+            .unwrap_or(index);
+        let thread = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("imgate-shard-{index}"))
+            .io_memory(settings.io_memory)
+            .spawn(move || run_shard(ctx))
+            .map_err(|e| StartError::Executor {
+                shard: index,
+                reason: e.to_string(),
+            })?;
+        shards.push(ShardHandle {
+            stop,
+            stats,
+            thread: Some(thread),
+        });
+    }
+    drop(ready_tx);
+    let handle = GateHandle { local_addr, shards };
+    for _ in 0..count {
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(StartError::Executor { shard: 0, reason }),
+            Err(_) => {
+                return Err(StartError::Executor {
+                    shard: 0,
+                    reason: "a shard did not start".into(),
+                });
+            }
+        }
+    }
+    tracing::info!(addr = %local_addr, shards = count, "gate accepting");
+    Ok(handle)
+}
+
+/// Starts the gate and runs it until SIGINT or SIGTERM.
+pub fn run(settings: Settings) -> Result<(), StartError> {
+    // Block the stop signals before any shard thread exists, so they inherit the mask and only
+    // this thread receives them, in sigwait.
+    // SAFETY: plain signal-set manipulation on values we own.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let handle = start(settings)?;
+    let mut signal = 0;
+    // SAFETY: waits on the set built above.
+    unsafe { libc::sigwait(&set, &mut signal) };
+    tracing::info!(signal, "stopping");
+    handle.stop();
+    Ok(())
+}
+
+/// Everything a shard thread starts from (all `Send`).
+struct ShardStart {
+    index: usize,
+    settings: Settings,
+    listen_fd: OwnedFd,
+    stop: OwnedFd,
+    mesh: Option<MeshBuilder<Handoff, glommio::channels::channel_mesh::Full>>,
+    stats: Arc<PublishedStats>,
+    ready: mpsc::Sender<Result<(), String>>,
+}
+
+async fn run_shard(ctx: ShardStart) {
+    let shard = Rc::new(Shard::new(
+        ctx.index,
+        ctx.settings,
+        ctx.stats,
+        Instant::now(),
+    ));
+    // SAFETY: both fds are ours alone; the glommio wrappers take over closing them.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(ctx.listen_fd.into_raw_fd()) };
+    let mut stop = unsafe { glommio::net::UnixStream::from_raw_fd(ctx.stop.into_raw_fd()) };
+    let serving = async {
+        if let Some(mesh) = ctx.mesh {
+            match mesh.join().await {
+                Ok((senders, receivers)) => {
+                    let _ = shard.handoff.set(senders);
+                    handoff::spawn_receivers(&shard, receivers);
+                }
+                Err(_) => {
+                    let _ = ctx.ready.send(Err(format!(
+                        "shard {} could not join the mesh",
+                        shard.index
+                    )));
+                    return;
+                }
+            }
+        }
+        glommio::spawn_local(timer::run_timer(Rc::clone(&shard))).detach();
+        let _ = ctx.ready.send(Ok(()));
+        listener::accept_loop(Rc::clone(&shard), listener).await;
+    };
+    let stopped = async {
+        let mut byte = [0u8; 1];
+        let _ = futures_lite::AsyncReadExt::read(&mut stop, &mut byte).await;
+    };
+    futures_lite::future::or(serving, stopped).await;
+    // The listener is closed (dropped with `serving`); send everyone away.
+    shard.stopping.set(true);
+    shard.kick_all(KickReason::Draining);
+    let deadline = Instant::now() + STOP_GRACE;
+    while shard.connections() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The CPUs this process may run on, in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills the set we own; CPU_ISSET reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
 }

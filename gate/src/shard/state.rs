@@ -30,7 +30,7 @@ pub(crate) struct ConnKey {
 /// The part of a connection that others on its shard poke: the timer task marks a deadline
 /// due, a newer login of the same device or a stop asks for a kick. The connection task owns
 /// everything else and is woken to act on these.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct ConnSignals {
     kick: Cell<Option<KickReason>>,
     timer_due: Cell<bool>,
@@ -86,12 +86,18 @@ impl ConnTable {
         if let Some(index) = self.free.pop() {
             let slot = &mut self.slots[index as usize];
             slot.1 = Some(signals);
-            return ConnKey { index, generation: slot.0 };
+            return ConnKey {
+                index,
+                generation: slot.0,
+            };
         }
         // More than u32::MAX connections cannot exist (the open-file limit is far lower).
         let index = self.slots.len() as u32;
         self.slots.push((0, Some(signals)));
-        ConnKey { index, generation: 0 }
+        ConnKey {
+            index,
+            generation: 0,
+        }
     }
 
     fn get(&self, key: ConnKey) -> Option<&Rc<ConnSignals>> {
@@ -203,7 +209,9 @@ impl Shard {
             next_session: Cell::new(1),
             stopping: Cell::new(false),
             stats,
-            rng: Cell::new(0x2545_F491_4F6C_DD1D ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            rng: Cell::new(
+                0x2545_F491_4F6C_DD1D ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ),
         }
     }
 
@@ -254,8 +262,12 @@ impl Shard {
     }
 
     pub fn publish_gauges(&self) {
-        self.stats.connections.store(self.connections() as u64, Ordering::Relaxed);
-        self.stats.sessions.store(self.registry.borrow().len() as u64, Ordering::Relaxed);
+        self.stats
+            .connections
+            .store(self.connections() as u64, Ordering::Relaxed);
+        self.stats
+            .sessions
+            .store(self.registry.borrow().len() as u64, Ordering::Relaxed);
     }
 
     /// A pseudo-random number (xorshift64*), for jitter only.

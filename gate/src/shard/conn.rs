@@ -1,0 +1,487 @@
+//! A connection task: owns one client socket, its read buffer, its outbound queue and its
+//! [`ConnSession`], on the shard that accepted or adopted it.
+//!
+//! Loop: decode every complete frame buffered, apply what the session decides, re-arm the
+//! connection's one wheel timer if its deadline moved earlier, then wait for the next event —
+//! bytes, end of stream, a kick or a due timer from the shard, or writability while output is
+//! queued.
+//!
+//! Reads: an idle connection holds no read buffer. Waiting uses glommio's stream with a stack
+//! buffer (glommio retries `recv` once, then arms an io_uring poll); what arrives is appended to
+//! a buffer sized on demand, which then reads straight from the fd (`io::recv_into`) until
+//! `EAGAIN`, and is released as soon as it is drained. It never holds more than one frame plus
+//! one read chunk, so at most `HEADER_LEN + max_frame + READ_CHUNK` bytes.
+//!
+//! Writes: replies are queued as shared `Bytes` and flushed with one `sendmsg` over the queue
+//! before the task waits. On `EAGAIN` the task hands the first queued slice to glommio's
+//! `poll_write`, which retries once and otherwise waits for writability; whatever it wrote is
+//! dropped from the queue and the vectored path resumes. A queue above `gate.max_outbound_kib`
+//! is discarded and the client kicked as a slow consumer.
+//!
+//! Closing: queued frames (ERROR, KICK, LogoutResp) are flushed for at most
+//! [`CLOSE_FLUSH_TIME`], then the write side is shut down and unread input drained for at most
+//! [`LINGER_TIME`], so the client reads the last frames instead of a reset.
+
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+
+use super::handoff::Handoff;
+use super::io::{Nb, OutQueue, recv_into};
+use super::owner_shard;
+use super::state::{ConnKey, ConnSignals, Counter, Shard};
+use crate::delivery::TimerId;
+use crate::protocol::pb::{
+    BizResp, LoginReq, LoginResp, PullResp, Result as ResultBody, SendResp, SyncResp,
+};
+use crate::protocol::{Code, FrameDecoder, KickReason, MsgType, cmd, encode_frame};
+use crate::session::{Action, CloseWhy, ConnSession, LoggedIn};
+
+/// Largest single read from the fd beyond what the current frame needs.
+const READ_CHUNK: usize = 4096;
+/// Bytes read per wait through glommio's stream (on the stack).
+const WAIT_READ: usize = 2048;
+/// How long a closing connection may take to take its last frames.
+const CLOSE_FLUSH_TIME: Duration = Duration::from_secs(2);
+/// How long a closed connection's unread input is drained before the fd is closed.
+const LINGER_TIME: Duration = Duration::from_millis(500);
+/// Most input drained while lingering.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Why the connection loop ended.
+enum Exit {
+    /// The session decided to close; its last frames are queued.
+    Close(CloseWhy),
+    /// End of stream or a socket error: nothing more can be sent.
+    Gone,
+    /// The LOGIN names a uid of another shard: move the fd there with these bytes (the LOGIN
+    /// frame and everything after it).
+    HandOff { owner: usize, buffered: Bytes },
+}
+
+/// What woke the connection.
+enum Wake {
+    Input,
+    Gone,
+    Kick(KickReason),
+    Timer,
+}
+
+/// When a connection must log in by, and the bytes it arrived with.
+pub(crate) struct Arrival {
+    pub accepted_at: Instant,
+    pub login_deadline: Instant,
+    pub buffered: BytesMut,
+}
+
+/// Runs one connection to its end and removes every trace of it from the shard.
+pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, arrival: Arrival) {
+    let (key, signals) = shard.add_conn();
+    let fd = stream.as_raw_fd();
+    let session = ConnSession::new(
+        arrival.accepted_at,
+        arrival.login_deadline,
+        shard.settings.idle_timeout(),
+    );
+    let mut conn = Conn {
+        decoder: FrameDecoder::new(shard.settings.max_frame),
+        shard,
+        stream,
+        fd,
+        key,
+        signals,
+        rbuf: arrival.buffered,
+        out: OutQueue::default(),
+        session,
+        timer: None,
+        arrival_at: arrival.accepted_at,
+    };
+    let exit = conn.run().await;
+    conn.finish(exit).await;
+}
+
+struct Conn {
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    fd: RawFd,
+    key: ConnKey,
+    signals: Rc<ConnSignals>,
+    rbuf: BytesMut,
+    out: OutQueue,
+    decoder: FrameDecoder,
+    session: ConnSession,
+    /// The connection's one wheel entry and the instant it fires.
+    timer: Option<(TimerId, Instant)>,
+    arrival_at: Instant,
+}
+
+impl Conn {
+    async fn run(&mut self) -> Exit {
+        loop {
+            if let Some(exit) = self.process_input(Instant::now()) {
+                return exit;
+            }
+            self.rearm_timer();
+            let action = match self.wait().await {
+                Wake::Input => continue,
+                Wake::Gone => return Exit::Gone,
+                Wake::Kick(reason) => self.session.kick(reason, kick_message(reason)),
+                Wake::Timer => {
+                    self.timer = None;
+                    self.session.handle_timeout(Instant::now())
+                }
+            };
+            if let Some(exit) = self.apply(action) {
+                return exit;
+            }
+        }
+    }
+
+    /// Decodes and applies every complete frame in the read buffer.
+    fn process_input(&mut self, now: Instant) -> Option<Exit> {
+        loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(frame)) => {
+                    let action = self.session.handle_frame(frame, now);
+                    if let Some(exit) = self.apply(action) {
+                        return Some(exit);
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::debug!(shard = self.shard.index, %err, "protocol error");
+                    let action = self.session.handle_frame_error(&err);
+                    return self.apply(action);
+                }
+            }
+        }
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            // An idle connection keeps no read buffer.
+            self.rbuf = BytesMut::new();
+        }
+        None
+    }
+
+    fn apply(&mut self, action: Action) -> Option<Exit> {
+        match action {
+            Action::None | Action::PingAnswered { .. } => None,
+            Action::Reply(frame) => self.queue(frame),
+            Action::Forward(frame) => match unserved_reply(frame.cmd, frame.log_id, frame.seq) {
+                Some(reply) => self.queue(reply),
+                None => None,
+            },
+            Action::Login { req, log_id, seq } => self.login(req, log_id, seq),
+            Action::Close { frames, why } => {
+                for frame in frames {
+                    self.out.push(frame);
+                }
+                Some(Exit::Close(why))
+            }
+        }
+    }
+
+    /// Queues a frame, or kicks a client that lets its output pile up.
+    fn queue(&mut self, frame: Bytes) -> Option<Exit> {
+        if self.out.bytes() + frame.len() > self.shard.settings.max_outbound {
+            self.out.clear();
+            let action = self
+                .session
+                .kick(KickReason::SlowConsumer, "output queue full");
+            return self.apply(action);
+        }
+        self.out.push(frame);
+        None
+    }
+
+    fn login(&mut self, req: LoginReq, log_id: u32, seq: u32) -> Option<Exit> {
+        let shard = Rc::clone(&self.shard);
+        let owner = owner_shard(req.uid, shard.shards);
+        if owner != shard.index {
+            // Re-frame the LOGIN so the owner decodes it as if it had read it itself.
+            let login = encode_frame(cmd::LOGIN, MsgType::Request, log_id, seq, &req);
+            let mut buffered = BytesMut::with_capacity(login.len() + self.rbuf.len());
+            buffered.extend_from_slice(&login);
+            buffered.extend_from_slice(&self.rbuf);
+            self.rbuf = BytesMut::new();
+            return Some(Exit::HandOff {
+                owner,
+                buffered: buffered.freeze(),
+            });
+        }
+        if let Err(err) = shard.auth.verify(req.uid, &req.token, unix_now().as_secs()) {
+            shard.count(Counter::LoginsRefused);
+            tracing::debug!(shard = shard.index, uid = req.uid, %err, "login refused");
+            let action = self
+                .session
+                .login_refused(err.code(), &err.to_string(), log_id, seq);
+            return self.apply(action);
+        }
+        let session_id = shard.next_session_id();
+        let displaced =
+            shard
+                .registry
+                .borrow_mut()
+                .register(req.uid, &req.device_id, session_id, self.key);
+        if let Some(old) = displaced {
+            shard.kick(old.conn, KickReason::DuplicateLogin);
+        }
+        shard.count(Counter::LoginsOk);
+        shard.publish_gauges();
+        let settings = &shard.settings;
+        let resp = LoginResp {
+            code: Code::Ok.wire(),
+            message: String::new(),
+            heartbeat_secs: settings.heartbeat_secs,
+            server_time_ms: u64::try_from(unix_now().as_millis()).unwrap_or(u64::MAX),
+            session_id,
+            gate_id: settings.gate_id.clone(),
+            max_frame: settings.max_frame,
+        };
+        let who = LoggedIn {
+            uid: req.uid,
+            device_id: req.device_id.into(),
+            session_id,
+        };
+        let reply = self.session.login_accepted(who, resp, log_id, seq);
+        self.queue(reply)
+    }
+
+    /// Keeps exactly one wheel entry armed no later than the session's next deadline. A later
+    /// deadline (the usual case: activity pushed the idle deadline out) is left to the armed
+    /// entry, which fires, finds nothing due and re-arms: no wheel work per frame.
+    fn rearm_timer(&mut self) {
+        let Some(due) = self.session.poll_timeout() else {
+            return;
+        };
+        match self.timer {
+            Some((_, armed)) if armed <= due => {}
+            Some((id, _)) => {
+                self.shard.cancel_timer(id);
+                self.timer = Some((self.shard.arm_timer(self.key, due), due));
+            }
+            None => self.timer = Some((self.shard.arm_timer(self.key, due), due)),
+        }
+    }
+
+    async fn wait(&mut self) -> Wake {
+        poll_fn(|cx| {
+            self.signals.set_waker(cx.waker());
+            if let Some(reason) = self.signals.take_kick() {
+                return Poll::Ready(Wake::Kick(reason));
+            }
+            if self.signals.take_timer_due() {
+                return Poll::Ready(Wake::Timer);
+            }
+            if !self.out.is_empty() {
+                if let Poll::Ready(Err(err)) = self.poll_flush(cx) {
+                    tracing::debug!(shard = self.shard.index, %err, "write failed");
+                    return Poll::Ready(Wake::Gone);
+                }
+            }
+            self.poll_input(cx)
+        })
+        .await
+    }
+
+    /// Writes the queue; `Pending` means glommio will wake us when the socket is writable.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match self.out.write_to(self.fd)? {
+                Nb::Done(()) => return Poll::Ready(Ok(())),
+                Nb::WouldBlock => {}
+            }
+            let Some(front) = self.out.front() else {
+                return Poll::Ready(Ok(()));
+            };
+            match Pin::new(&mut self.stream).poll_write(cx, front) {
+                Poll::Ready(Ok(n)) => self.out.advance(n),
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        if !self.rbuf.is_empty() {
+            // Mid-frame or busy: read straight into the buffer, sized to the frame.
+            let need = self
+                .decoder
+                .frame_len_hint(&self.rbuf)
+                .saturating_sub(self.rbuf.len());
+            match recv_into(self.fd, &mut self.rbuf, need.max(READ_CHUNK)) {
+                Ok(Nb::Done(0)) | Err(_) => return Poll::Ready(Wake::Gone),
+                Ok(Nb::Done(_)) => return Poll::Ready(Wake::Input),
+                Ok(Nb::WouldBlock) => {}
+            }
+        }
+        let mut chunk = [0u8; WAIT_READ];
+        match Pin::new(&mut self.stream).poll_read(cx, &mut chunk) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Wake::Gone),
+            Poll::Ready(Ok(n)) => {
+                self.rbuf.extend_from_slice(&chunk[..n]);
+                Poll::Ready(Wake::Input)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    async fn finish(mut self, exit: Exit) {
+        if let Some((id, _)) = self.timer.take() {
+            self.shard.cancel_timer(id);
+        }
+        if let Some(who) = self.session.logged_in() {
+            self.shard
+                .registry
+                .borrow_mut()
+                .unregister(who.uid, &who.device_id, self.key);
+        }
+        self.shard.remove_conn(self.key);
+        match exit {
+            Exit::Gone => {}
+            Exit::Close(why) => {
+                tracing::debug!(shard = self.shard.index, ?why, "closing");
+                self.flush_for(CLOSE_FLUSH_TIME).await;
+                linger(&mut self.stream, &mut self.rbuf).await;
+            }
+            Exit::HandOff { owner, buffered } => {
+                // Answers to what came before the LOGIN go out on this shard first.
+                if !self.flush_for(CLOSE_FLUSH_TIME).await {
+                    return;
+                }
+                // SAFETY: dup of an fd we own; the copy is owned by the OwnedFd alone.
+                let dup = unsafe { libc::dup(self.fd) };
+                if dup < 0 {
+                    self.shard.count(Counter::HandoffsDropped);
+                    return;
+                }
+                let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+                let handoff = Handoff {
+                    fd,
+                    buffered,
+                    accepted_at: self.arrival_at,
+                    login_deadline: self.session.login_deadline(),
+                };
+                drop(self.stream);
+                super::handoff::send(&self.shard, owner, handoff);
+            }
+        }
+    }
+
+    /// Flushes the queue within `limit`; whether everything went out.
+    async fn flush_for(&mut self, limit: Duration) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let flush = poll_fn(|cx| self.poll_flush(cx));
+        matches!(
+            glommio::timer::timeout(limit, async { Ok(flush.await) }).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+/// Shuts the write side and drains unread input for a bounded time, so the peer sees our last
+/// frames and a FIN rather than a reset, then the caller drops (closes) the socket.
+pub(crate) async fn linger(stream: &mut TcpStream, rbuf: &mut BytesMut) {
+    *rbuf = BytesMut::new();
+    // SAFETY: shutdown on an fd we own.
+    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+    let drain = async {
+        let mut chunk = [0u8; WAIT_READ];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            match futures_lite::AsyncReadExt::read(stream, &mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+        Ok(())
+    };
+    let _ = glommio::timer::timeout(LINGER_TIME, drain).await;
+}
+
+/// Until the backend boundary exists (issue 4), message-path requests are answered with their
+/// own response type and BACKEND_UNAVAILABLE; ACKs have nothing to acknowledge.
+fn unserved_reply(command: u8, log_id: u32, seq: u32) -> Option<Bytes> {
+    const WHY: &str = "no backend is configured";
+    let code = Code::BackendUnavailable.wire();
+    let (rsp, msg) = (MsgType::Response, WHY.to_string());
+    Some(match command {
+        cmd::SEND => encode_frame(
+            command,
+            rsp,
+            log_id,
+            seq,
+            &SendResp {
+                code,
+                message: msg,
+                ..Default::default()
+            },
+        ),
+        cmd::PULL => encode_frame(
+            command,
+            rsp,
+            log_id,
+            seq,
+            &PullResp {
+                code,
+                ..Default::default()
+            },
+        ),
+        cmd::READ => encode_frame(
+            command,
+            rsp,
+            log_id,
+            seq,
+            &ResultBody { code, message: msg },
+        ),
+        cmd::SYNC => encode_frame(
+            command,
+            rsp,
+            log_id,
+            seq,
+            &SyncResp {
+                code,
+                ..Default::default()
+            },
+        ),
+        cmd::BIZ => encode_frame(
+            command,
+            rsp,
+            log_id,
+            seq,
+            &BizResp {
+                code,
+                message: msg,
+                ..Default::default()
+            },
+        ),
+        _ => return None,
+    })
+}
+
+fn kick_message(reason: KickReason) -> &'static str {
+    match reason {
+        KickReason::DuplicateLogin => "logged in elsewhere with the same device_id",
+        KickReason::Draining => "gate shutting down",
+        KickReason::AuthExpired => "authentication expired",
+        KickReason::SlowConsumer => "output queue full",
+        KickReason::ProtocolError => "protocol error",
+        KickReason::IdleTimeout => "idle timeout",
+        KickReason::Admin => "kicked by an operator",
+    }
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}

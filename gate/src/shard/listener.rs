@@ -1,0 +1,141 @@
+//! Listening sockets and the accept loop.
+//!
+//! Every shard has its own socket on the same address (socket2, `SO_REUSEPORT`, the configured
+//! backlog), created on the main thread so that port 0 resolves once and every shard binds the
+//! same port; the kernel spreads new connections across them. At the open-file limit (or when
+//! the kernel is out of buffers) the loop backs off instead of spinning. A shard at its share of
+//! `gate.max_connections` still accepts, answers the first bytes with KICK 2 and closes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use glommio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::StartError;
+use super::conn::{Arrival, linger, serve};
+use super::state::Shard;
+use crate::config::Settings;
+use crate::protocol::pb::Kick;
+use crate::protocol::{KickReason, MsgType, cmd, encode_frame};
+
+/// Pause after an accept that failed for want of descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// One listening socket per shard, all on one address. Returns them and the bound address.
+pub(crate) fn bind_all(settings: &Settings) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
+    let mut addr = settings.listen;
+    let mut fds = Vec::with_capacity(settings.shards.get());
+    for _ in 0..settings.shards.get() {
+        let socket = bind_one(addr, settings.listen_backlog)
+            .map_err(|source| StartError::Listen { addr, source })?;
+        if let Ok(Some(bound)) = socket.local_addr().map(|a| a.as_socket()) {
+            addr = bound;
+        }
+        fds.push(OwnedFd::from(socket));
+    }
+    Ok((fds, addr))
+}
+
+fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket)
+}
+
+/// A warning when the shards' pinned io_memory (3 x per shard) exceeds `RLIMIT_MEMLOCK`:
+/// glommio then only logs that registration failed and runs slower.
+pub(crate) fn memlock_warning(settings: &Settings) -> Option<String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    let needed = 3 * settings.io_memory as u64 * settings.shards.get() as u64;
+    (needed > limit.rlim_cur).then(|| {
+        format!(
+            "3 x gate.io_memory_kib x shards = {} KiB exceeds the memlock limit of {} KiB (shared by all of this user's processes); \
+             raise LimitMEMLOCK / ulimit -l or lower gate.io_memory_kib",
+            needed / 1024,
+            limit.rlim_cur / 1024
+        )
+    })
+}
+
+/// Accepts until the future is dropped (at stop).
+pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let now = Instant::now();
+                let arrival = Arrival {
+                    accepted_at: now,
+                    login_deadline: now + shard.settings.login_timeout,
+                    buffered: BytesMut::new(),
+                };
+                admit(&shard, stream, arrival);
+            }
+            Err(err) => {
+                let err = io::Error::from(err);
+                let starved = matches!(
+                    err.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
+                if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(shard = shard.index, %err, "accept failed");
+                    last_warning = Some(Instant::now());
+                }
+                if starved {
+                    glommio::timer::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    }
+}
+
+/// Serves a new or adopted connection, or turns it away if the shard is full or stopping.
+pub(crate) fn admit(shard: &Rc<Shard>, stream: TcpStream, arrival: Arrival) {
+    // Frames are coalesced by the gate itself; Nagle would only add latency.
+    let _ = stream.set_nodelay(true);
+    if shard.at_capacity() || shard.stopping.get() {
+        let retry_after_ms = 1000 + (shard.random() % 4000) as u32;
+        let login_timeout = shard.settings.login_timeout;
+        glommio::spawn_local(refuse(stream, arrival, retry_after_ms, login_timeout)).detach();
+        return;
+    }
+    glommio::spawn_local(serve(Rc::clone(shard), stream, arrival)).detach();
+}
+
+/// KICK 2 for a connection the shard cannot take, once its first bytes show it is a client.
+async fn refuse(mut stream: TcpStream, mut arrival: Arrival, retry_after_ms: u32, wait: Duration) {
+    if arrival.buffered.is_empty() {
+        let mut first = [0u8; 64];
+        let read = futures_lite::AsyncReadExt::read(&mut stream, &mut first);
+        match glommio::timer::timeout(wait, async { Ok(read.await) }).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+    let kick = Kick {
+        reason: KickReason::Draining.wire(),
+        message: "gate at capacity".into(),
+        reconnect_to: Vec::new(),
+        retry_after_ms,
+    };
+    let frame = encode_frame(cmd::KICK, MsgType::Notify, 0, 0, &kick);
+    let _ = futures_lite::AsyncWriteExt::write_all(&mut stream, &frame).await;
+    linger(&mut stream, &mut arrival.buffered).await;
+}
