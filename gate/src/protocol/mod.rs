@@ -40,3 +40,6 @@ pub mod cmd {
 
 /// Default `max_frame`, and the limit clients assume before LOGIN tells them the gate's own.
 pub const DEFAULT_MAX_FRAME: u32 = 65_536;
+
+#[cfg(test)]
+mod tests;
