@@ -280,11 +280,11 @@ impl Conn {
             if self.signals.take_timer_due() {
                 return Poll::Ready(Wake::Timer);
             }
-            if !self.out.is_empty() {
-                if let Poll::Ready(Err(err)) = self.poll_flush(cx) {
-                    tracing::debug!(shard = self.shard.index, %err, "write failed");
-                    return Poll::Ready(Wake::Gone);
-                }
+            if !self.out.is_empty()
+                && let Poll::Ready(Err(err)) = self.poll_flush(cx)
+            {
+                tracing::debug!(shard = self.shard.index, %err, "write failed");
+                return Poll::Ready(Wake::Gone);
             }
             self.poll_input(cx)
         })

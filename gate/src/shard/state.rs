@@ -108,12 +108,13 @@ impl ConnTable {
     }
 
     fn remove(&mut self, key: ConnKey) {
-        if let Some(slot) = self.slots.get_mut(key.index as usize) {
-            if slot.0 == key.generation && slot.1.take().is_some() {
-                slot.0 = slot.0.wrapping_add(1);
-                self.free.push(key.index);
-                self.live -= 1;
-            }
+        if let Some(slot) = self.slots.get_mut(key.index as usize)
+            && slot.0 == key.generation
+            && slot.1.take().is_some()
+        {
+            slot.0 = slot.0.wrapping_add(1);
+            self.free.push(key.index);
+            self.live -= 1;
         }
     }
 }
@@ -283,10 +284,10 @@ impl Shard {
     /// Arms a deadline for `key`; the timer task marks the connection due when it passes.
     pub fn arm_timer(&self, key: ConnKey, at: Instant) -> TimerId {
         let id = self.wheel.borrow_mut().insert(at, key);
-        if self.timer_armed_at.get().is_none_or(|armed| at < armed) {
-            if let Some(w) = self.timer_waker.take() {
-                w.wake();
-            }
+        if self.timer_armed_at.get().is_none_or(|armed| at < armed)
+            && let Some(w) = self.timer_waker.take()
+        {
+            w.wake();
         }
         id
     }
