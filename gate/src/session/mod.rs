@@ -78,23 +78,41 @@ pub enum CloseWhy {
 
 /// One connection's protocol state. Small on purpose: an idle logged-in connection keeps this,
 /// and nothing else grows with time.
+///
+/// Liveness: a logged-in session silent for 2 x heartbeat gets one PING from the gate (a client
+/// that forgot its heartbeat but is alive answers it, which counts as a frame); silent for
+/// 3 x heartbeat it is closed with KICK 6.
 #[derive(Debug)]
 pub struct ConnSession {
     phase: Phase,
     login_deadline: Instant,
     last_rx: Instant,
-    idle_timeout: Duration,
+    heartbeat: Duration,
+    /// `last_rx` as it was when the gate last sent a PING: one probe per silence.
+    probed_at_rx: Option<Instant>,
+    next_ping_seq: u32,
 }
 
 impl ConnSession {
-    /// A connection accepted at `accepted_at` that must log in by `login_deadline`.
-    pub fn new(accepted_at: Instant, login_deadline: Instant, idle_timeout: Duration) -> Self {
+    /// A connection accepted at `accepted_at` that must log in by `login_deadline`, with the
+    /// gate's heartbeat interval.
+    pub fn new(accepted_at: Instant, login_deadline: Instant, heartbeat: Duration) -> Self {
         Self {
             phase: Phase::AwaitingLogin,
             login_deadline,
             last_rx: accepted_at,
-            idle_timeout,
+            heartbeat,
+            probed_at_rx: None,
+            next_ping_seq: 1,
         }
+    }
+
+    fn idle_deadline(&self) -> Instant {
+        self.last_rx + self.heartbeat * 3
+    }
+
+    fn probe_due(&self) -> Option<Instant> {
+        (self.probed_at_rx != Some(self.last_rx)).then(|| self.last_rx + self.heartbeat * 2)
     }
 
     pub fn phase(&self) -> &Phase {
@@ -119,7 +137,7 @@ impl ConnSession {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::AwaitingLogin | Phase::LoginPending => Some(self.login_deadline),
-            Phase::LoggedIn(_) => Some(self.last_rx + self.idle_timeout),
+            Phase::LoggedIn(_) => Some(self.probe_due().unwrap_or_else(|| self.idle_deadline())),
             Phase::Closing => None,
         }
     }
@@ -131,8 +149,14 @@ impl ConnSession {
             _ => return Action::None,
         }
         match self.phase {
-            Phase::LoggedIn(_) => {
+            Phase::LoggedIn(_) if now >= self.idle_deadline() => {
                 self.close_with_kick(None, KickReason::IdleTimeout, CloseWhy::Idle)
+            }
+            Phase::LoggedIn(_) => {
+                self.probed_at_rx = Some(self.last_rx);
+                let seq = self.next_ping_seq;
+                self.next_ping_seq = seq.wrapping_add(1).max(1);
+                Action::Reply(encode_frame(cmd::PING, MsgType::Request, 0, seq, &()))
             }
             _ => self.close(Vec::new(), CloseWhy::LoginTimeout),
         }

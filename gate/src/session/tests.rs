@@ -10,10 +10,12 @@ use crate::protocol::pb::{Ack, Error as ErrorBody, LoginReq};
 use crate::protocol::{FrameDecoder, Header, MsgType, cmd};
 
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+const HEARTBEAT: Duration = Duration::from_secs(30);
 const IDLE: Duration = Duration::from_secs(90);
+const PROBE: Duration = Duration::from_secs(60);
 
 fn session(t0: Instant) -> ConnSession {
-    ConnSession::new(t0, t0 + LOGIN_TIMEOUT, IDLE)
+    ConnSession::new(t0, t0 + LOGIN_TIMEOUT, HEARTBEAT)
 }
 
 fn frame(cmd: u8, msg_type: MsgType, seq: u32, body: impl Message) -> Frame {
@@ -191,17 +193,47 @@ fn connection_that_never_logs_in_closes_at_the_login_deadline_without_a_frame() 
 }
 
 #[test]
+fn silent_session_is_probed_with_one_ping_after_two_heartbeats() {
+    let t0 = Instant::now();
+    let mut s = session(t0);
+    log_in(&mut s, 42, t0);
+    assert_eq!(s.poll_timeout(), Some(t0 + PROBE));
+    assert_eq!(
+        s.handle_timeout(t0 + PROBE - Duration::from_millis(1)),
+        Action::None
+    );
+    let ping = reply(s.handle_timeout(t0 + PROBE));
+    assert_eq!((ping.cmd, ping.msg_type), (cmd::PING, MsgType::Request));
+    assert_ne!(ping.seq, 0, "a request carries a seq");
+    // One probe per silence: next comes the idle deadline.
+    assert_eq!(s.poll_timeout(), Some(t0 + IDLE));
+    assert_eq!(
+        s.handle_timeout(t0 + PROBE + Duration::from_secs(1)),
+        Action::None
+    );
+    // The client's answer is a frame: the session lives on, and the next silence is probed again.
+    let t1 = t0 + PROBE + Duration::from_secs(2);
+    let answer = s.handle_frame(frame(cmd::PING, MsgType::Response, ping.seq, ()), t1);
+    assert_eq!(answer, Action::PingAnswered { seq: ping.seq });
+    assert_eq!(s.poll_timeout(), Some(t1 + PROBE));
+}
+
+#[test]
 fn idle_session_closes_with_kick_6_three_heartbeats_after_its_last_frame() {
     let t0 = Instant::now();
     let mut s = session(t0);
     log_in(&mut s, 42, t0);
     let t1 = t0 + Duration::from_secs(60);
     let _ = s.handle_frame(frame(cmd::PING, MsgType::Request, 2, ()), t1);
-    assert_eq!(s.poll_timeout(), Some(t1 + IDLE));
+    assert_eq!(s.poll_timeout(), Some(t1 + PROBE));
     assert_eq!(
         s.handle_timeout(t0 + IDLE),
         Action::None,
         "activity moved the deadline"
+    );
+    assert!(
+        matches!(s.handle_timeout(t1 + PROBE), Action::Reply(_)),
+        "the probe"
     );
     match s.handle_timeout(t1 + IDLE) {
         Action::Close {

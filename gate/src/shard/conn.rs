@@ -89,7 +89,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, arrival: Arrival)
     let session = ConnSession::new(
         arrival.accepted_at,
         arrival.login_deadline,
-        shard.settings.idle_timeout(),
+        shard.settings.heartbeat,
     );
     let mut conn = Conn {
         decoder: FrameDecoder::new(shard.settings.max_frame),
