@@ -1,1 +1,536 @@
-//! Client library.
+//! A small blocking client of the wire protocol in `shared/PROTOCOL.md`, over one
+//! `std::net::TcpStream`: the integration tests drive the gate with it, and tools (the chat CLI)
+//! build on it.
+//!
+//! [`Client`] owns one connection: the stream, its read buffer, the frame decoder (whose limit is
+//! 65536 until a successful LOGIN announces the gate's `max_frame`), the next request `seq`, and a
+//! bounded backlog of frames that arrived while a caller waited for a particular response.
+//!
+//! Invariants and policies:
+//! - Every wait has a deadline: `recv_*` and `wait_closed` take a timeout, and the convenience
+//!   calls (`login`, `ping`, `logout`, `call`) use [`Client::call_timeout`]. Nothing blocks
+//!   forever on the gate, except a write into a full socket buffer, bounded by the write timeout
+//!   set at connect.
+//! - Frames are returned in arrival order. [`Client::recv_response`] keeps the frames it skips in
+//!   the backlog (at most [`BACKLOG_CAP`]), and [`Client::recv_frame`] returns them first. When
+//!   the backlog is full, `recv_response` stops reading and returns
+//!   [`ClientError::BacklogFull`] (nothing is dropped): the caller drains it with `recv_frame`.
+//! - A PING *request* from the gate is answered at once with an empty response echoing its `seq`
+//!   and `log_id`, and not returned, unless [`Client::set_auto_pong`] turned that off.
+//! - End of stream and a reset from the gate are both [`ClientError::Closed`], reported after
+//!   every complete frame received before them; so is a request of `login`, `ping`, `logout` or
+//!   `call` that cannot be written because the gate is gone (the raw `send_*` and `request`
+//!   return the `io::Error` as it is).
+//! - Bytes from the network end as a frame or a typed error, never a panic. After a
+//!   [`ClientError::Frame`] the stream is out of step and every later read repeats that error.
+//!
+//! It never spawns a thread and keeps no state beyond this one connection.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use prost::Message;
+
+use crate::protocol::{
+    DEFAULT_MAX_FRAME, Frame, FrameDecoder, FrameError, MsgType, cmd, encode_frame, pb,
+};
+
+/// Most frames [`Client::recv_response`] keeps aside while it looks for a response.
+pub const BACKLOG_CAP: usize = 4096;
+
+/// `call_timeout` of a new client.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Write timeout of the socket: a gate that stops reading cannot block a writer for longer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// `LoginReq.platform` this client reports: `5`, other.
+const PLATFORM_OTHER: u32 = 5;
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    #[error("no answer before the deadline")]
+    Timeout,
+    #[error("the gate closed the connection")]
+    Closed,
+    #[error("the gate sent a bad frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("undecodable body: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// The gate answered the request with ERROR (cmd 0x7F).
+    #[error("refused by the gate with ERROR code {code}: {message}")]
+    Refused { code: u32, message: String },
+    /// A response that is neither the expected command nor ERROR, or a non-empty body where the
+    /// protocol says empty.
+    #[error("unexpected frame: cmd {cmd:#04x}, {msg_type:?}, seq {seq}, {body_len} body bytes")]
+    Unexpected {
+        cmd: u8,
+        msg_type: MsgType,
+        seq: u32,
+        body_len: usize,
+    },
+    #[error("{cap} unrelated frames are waiting; drain them with recv_frame")]
+    BacklogFull { cap: usize },
+}
+
+impl ClientError {
+    fn unexpected(frame: &Frame) -> Self {
+        Self::Unexpected {
+            cmd: frame.cmd,
+            msg_type: frame.msg_type,
+            seq: frame.seq,
+            body_len: frame.body.len(),
+        }
+    }
+}
+
+/// Decodes the protobuf body of `frame` as `M`.
+pub fn decode_body<M: Message + Default>(frame: &Frame) -> Result<M, ClientError> {
+    Ok(M::decode(frame.body.clone())?)
+}
+
+/// A `log_id` derived from `seq`, distinct from it, so a response that echoes the wrong field is
+/// noticed (Knuth's multiplicative hash).
+pub fn log_id_for(seq: u32) -> u32 {
+    seq.wrapping_mul(0x9E37_79B1)
+}
+
+/// One blocking connection to a gate (see the module doc).
+pub struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    next_seq: u32,
+    backlog: VecDeque<Frame>,
+    eof: bool,
+    auto_pong: bool,
+    call_timeout: Duration,
+}
+
+impl Client {
+    /// Connects with TCP_NODELAY.
+    pub fn connect(addr: SocketAddr) -> io::Result<Self> {
+        Self::from_stream(TcpStream::connect(addr)?)
+    }
+
+    /// Wraps a connected stream (sets TCP_NODELAY and the write timeout).
+    pub fn from_stream(stream: TcpStream) -> io::Result<Self> {
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        Ok(Self {
+            stream,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
+            next_seq: 1,
+            backlog: VecDeque::new(),
+            eof: false,
+            auto_pong: true,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        })
+    }
+
+    /// The underlying stream, e.g. for `local_addr` or `shutdown`.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The largest body accepted from the gate: 65536 until a LOGIN succeeds, then the gate's.
+    pub fn max_frame(&self) -> u32 {
+        self.decoder.max_frame()
+    }
+
+    /// The deadline of `login`, `ping`, `logout` and `call`.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    pub fn set_call_timeout(&mut self, timeout: Duration) {
+        self.call_timeout = timeout;
+    }
+
+    /// Whether PING requests from the gate are answered automatically (default on). When off
+    /// they are returned like any other frame.
+    pub fn set_auto_pong(&mut self, on: bool) {
+        self.auto_pong = on;
+    }
+
+    /// Frames kept aside by `recv_response`, not yet returned by `recv_frame`.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// Takes a fresh request `seq` (1, 2, ...; never 0, which notify frames carry).
+    pub fn next_seq(&mut self) -> u32 {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1).max(1);
+        seq
+    }
+
+    /// Encodes and writes one frame with every header field chosen by the caller.
+    pub fn send_frame(
+        &mut self,
+        cmd: u8,
+        msg_type: MsgType,
+        log_id: u32,
+        seq: u32,
+        body: &impl Message,
+    ) -> io::Result<()> {
+        let frame = encode_frame(cmd, msg_type, log_id, seq, body);
+        self.stream.write_all(&frame)
+    }
+
+    /// Writes bytes as they are (malformed frames, partial frames).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Sends a request with a fresh `seq` and `log_id_for(seq)`; returns the `seq`.
+    pub fn request(&mut self, cmd: u8, body: &impl Message) -> io::Result<u32> {
+        let seq = self.next_seq();
+        self.send_frame(cmd, MsgType::Request, log_id_for(seq), seq, body)?;
+        Ok(seq)
+    }
+
+    /// Sends a notify frame (`seq` 0, `log_id` 0).
+    pub fn notify(&mut self, cmd: u8, body: &impl Message) -> io::Result<()> {
+        self.send_frame(cmd, MsgType::Notify, 0, 0, body)
+    }
+
+    /// The next frame: first the backlog, then the socket, waiting at most `timeout`.
+    pub fn recv_frame(&mut self, timeout: Duration) -> Result<Frame, ClientError> {
+        if let Some(frame) = self.backlog.pop_front() {
+            return Ok(frame);
+        }
+        self.read_frame(Instant::now() + timeout)
+    }
+
+    /// The response (`msg_type` 1) with this `seq`, whatever its cmd (ERROR included), waiting
+    /// at most `timeout`. Other frames go to the backlog, in order.
+    pub fn recv_response(&mut self, seq: u32, timeout: Duration) -> Result<Frame, ClientError> {
+        let is_it = |f: &Frame| f.msg_type == MsgType::Response && f.seq == seq;
+        let kept = self.backlog.iter().position(is_it);
+        if let Some(frame) = kept.and_then(|at| self.backlog.remove(at)) {
+            return Ok(frame);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.backlog.len() >= BACKLOG_CAP {
+                return Err(ClientError::BacklogFull { cap: BACKLOG_CAP });
+            }
+            let frame = self.read_frame(deadline)?;
+            if is_it(&frame) {
+                return Ok(frame);
+            }
+            self.backlog.push_back(frame);
+        }
+    }
+
+    /// Sends a request and decodes its response as `R`. An ERROR answer is
+    /// [`ClientError::Refused`]; any other cmd is [`ClientError::Unexpected`].
+    pub fn call<R: Message + Default>(
+        &mut self,
+        cmd: u8,
+        body: &impl Message,
+    ) -> Result<R, ClientError> {
+        let seq = self.request(cmd, body).map_err(write_error)?;
+        let frame = self.recv_response(seq, self.call_timeout)?;
+        expect_response(&frame, cmd)
+    }
+
+    /// LOGIN with platform "other" and this crate's version. Any `LoginResp` is `Ok`, refusals
+    /// included: look at `code`. A successful one sets [`Client::max_frame`].
+    pub fn login(
+        &mut self,
+        uid: u64,
+        token: &str,
+        device_id: &str,
+    ) -> Result<pb::LoginResp, ClientError> {
+        self.login_with(&pb::LoginReq {
+            uid,
+            token: token.into(),
+            device_id: device_id.into(),
+            platform: PLATFORM_OTHER,
+            client_version: env!("CARGO_PKG_VERSION").into(),
+        })
+    }
+
+    /// LOGIN with a request built by the caller; see [`Client::login`].
+    pub fn login_with(&mut self, req: &pb::LoginReq) -> Result<pb::LoginResp, ClientError> {
+        let resp: pb::LoginResp = self.call(cmd::LOGIN, req)?;
+        if resp.code == 0 && resp.max_frame != 0 {
+            self.decoder = FrameDecoder::new(resp.max_frame);
+        }
+        Ok(resp)
+    }
+
+    /// PING; `Ok` once the empty response arrives.
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        self.empty_call(cmd::PING)
+    }
+
+    /// LOGOUT; `Ok` once the empty response arrives. The gate closes next: see
+    /// [`Client::wait_closed`].
+    pub fn logout(&mut self) -> Result<(), ClientError> {
+        self.empty_call(cmd::LOGOUT)
+    }
+
+    /// Reads until the gate closes, at most `timeout`; returns the frames received before the
+    /// end of the stream, the backlog first. `Timeout` if the connection is still open.
+    pub fn wait_closed(&mut self, timeout: Duration) -> Result<Vec<Frame>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut frames: Vec<Frame> = self.backlog.drain(..).collect();
+        loop {
+            match self.read_frame(deadline) {
+                Ok(frame) => frames.push(frame),
+                Err(ClientError::Closed) => return Ok(frames),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn empty_call(&mut self, cmd: u8) -> Result<(), ClientError> {
+        let seq = self.request(cmd, &()).map_err(write_error)?;
+        let frame = self.recv_response(seq, self.call_timeout)?;
+        if frame.cmd == cmd::ERROR {
+            return Err(refusal(&frame));
+        }
+        if frame.cmd != cmd || !frame.body.is_empty() {
+            return Err(ClientError::unexpected(&frame));
+        }
+        Ok(())
+    }
+
+    /// The next frame from the socket (never the backlog), answering gate PINGs on the way.
+    fn read_frame(&mut self, deadline: Instant) -> Result<Frame, ClientError> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                if self.auto_pong && frame.cmd == cmd::PING && frame.msg_type == MsgType::Request {
+                    self.pong(&frame)?;
+                    continue;
+                }
+                return Ok(frame);
+            }
+            if self.eof {
+                return Err(ClientError::Closed);
+            }
+            self.fill(deadline)?;
+        }
+    }
+
+    fn pong(&mut self, ping: &Frame) -> Result<(), ClientError> {
+        match self.send_frame(cmd::PING, MsgType::Response, ping.log_id, ping.seq, &()) {
+            Ok(()) => Ok(()),
+            // The gate is gone; the next read reports it as `Closed`.
+            Err(e) if peer_gone(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One read into the buffer; `Timeout` once `deadline` has passed.
+    fn fill(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(ClientError::Timeout);
+        }
+        self.stream.set_read_timeout(Some(remaining))?;
+        let start = self.buf.len();
+        self.buf.resize(start + READ_CHUNK, 0);
+        let read = self.stream.read(&mut self.buf[start..]);
+        let n = *read.as_ref().unwrap_or(&0);
+        self.buf.truncate(start + n);
+        match read {
+            Ok(0) => self.eof = true,
+            Ok(_) => {}
+            // Spurious wakeups and the read timeout: the caller loops and rechecks the deadline.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) if peer_gone(&e) => self.eof = true,
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+}
+
+/// Decodes `frame` as the response to a `cmd` request: ERROR becomes [`ClientError::Refused`].
+pub fn expect_response<R: Message + Default>(frame: &Frame, cmd: u8) -> Result<R, ClientError> {
+    if frame.msg_type != MsgType::Response {
+        return Err(ClientError::unexpected(frame));
+    }
+    if frame.cmd == cmd::ERROR {
+        return Err(refusal(frame));
+    }
+    if frame.cmd != cmd {
+        return Err(ClientError::unexpected(frame));
+    }
+    decode_body(frame)
+}
+
+/// An ERROR frame as [`ClientError::Refused`] (or `Decode` if its body does not decode).
+fn refusal(frame: &Frame) -> ClientError {
+    match decode_body::<pb::Error>(frame) {
+        Ok(e) => ClientError::Refused {
+            code: e.code,
+            message: e.message,
+        },
+        Err(e) => e,
+    }
+}
+
+/// A failed request write: `Closed` when the gate is gone (what it sent before is still
+/// readable), else `Io`.
+fn write_error(e: io::Error) -> ClientError {
+    if peer_gone(&e) {
+        ClientError::Closed
+    } else {
+        ClientError::Io(e)
+    }
+}
+
+fn peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    //! The client against a scripted peer on a loopback socket: no gate involved.
+
+    use std::net::TcpListener;
+    use std::thread;
+
+    use super::*;
+
+    const T: Duration = Duration::from_secs(5);
+
+    /// A client connected to a peer thread that runs `script` on its end of the connection.
+    fn pair(script: impl FnOnce(TcpStream) + Send + 'static) -> (Client, thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local_addr");
+        let peer = thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            script(stream);
+        });
+        (Client::connect(addr).expect("connect"), peer)
+    }
+
+    fn error_body(code: u32) -> pb::Error {
+        pb::Error {
+            code,
+            message: "no".into(),
+        }
+    }
+
+    #[test]
+    fn response_is_found_by_seq_and_skipped_frames_come_back_in_order() {
+        let (mut client, peer) = pair(|mut s| {
+            let mut out = Vec::new();
+            out.extend_from_slice(&encode_frame(cmd::PUSH, MsgType::Notify, 0, 0, &()));
+            out.extend_from_slice(&encode_frame(cmd::PING, MsgType::Response, 5, 2, &()));
+            out.extend_from_slice(&encode_frame(cmd::PING, MsgType::Response, 6, 1, &()));
+            // Written in two pieces cut mid-header.
+            s.write_all(&out[..30]).expect("write");
+            s.flush().expect("flush");
+            s.write_all(&out[30..]).expect("write");
+        });
+        let frame = client.recv_response(1, T).expect("response to seq 1");
+        assert_eq!((frame.cmd, frame.log_id), (cmd::PING, 6));
+        assert_eq!(client.backlog_len(), 2);
+        assert_eq!(client.recv_frame(T).expect("first skipped").cmd, cmd::PUSH);
+        assert_eq!(client.recv_frame(T).expect("second skipped").seq, 2);
+        peer.join().expect("peer");
+        assert!(matches!(client.recv_frame(T), Err(ClientError::Closed)));
+    }
+
+    #[test]
+    fn gate_ping_is_answered_with_its_seq_and_log_id_and_not_returned() {
+        let (mut client, peer) = pair(|mut s| {
+            s.write_all(&encode_frame(cmd::PING, MsgType::Request, 77, 9, &()))
+                .expect("write");
+            let mut header = [0u8; crate::protocol::HEADER_LEN];
+            s.read_exact(&mut header).expect("pong");
+            let h = crate::protocol::Header::parse(&header).expect("header");
+            assert_eq!(
+                (h.cmd, h.msg_type, h.log_id, h.seq, h.len),
+                (cmd::PING, 1, 77, 9, 0)
+            );
+            s.write_all(&encode_frame(cmd::KICK, MsgType::Notify, 0, 0, &()))
+                .expect("write");
+        });
+        assert_eq!(client.recv_frame(T).expect("kick").cmd, cmd::KICK);
+        peer.join().expect("peer");
+    }
+
+    #[test]
+    fn error_answer_is_refused_with_its_code() {
+        let (mut client, peer) = pair(|mut s| {
+            let mut header = [0u8; crate::protocol::HEADER_LEN];
+            s.read_exact(&mut header).expect("ping");
+            let h = crate::protocol::Header::parse(&header).expect("header");
+            let err = encode_frame(
+                cmd::ERROR,
+                MsgType::Response,
+                h.log_id,
+                h.seq,
+                &error_body(8),
+            );
+            s.write_all(&err).expect("write");
+        });
+        match client.ping() {
+            Err(ClientError::Refused { code: 8, .. }) => {}
+            other => panic!("expected a refusal with code 8, got {other:?}"),
+        }
+        peer.join().expect("peer");
+    }
+
+    #[test]
+    fn silence_is_a_timeout_and_the_close_comes_after_the_frames_before_it() {
+        let (mut client, peer) = pair(|mut s| {
+            let mut one = [0u8; 1];
+            // Wait for the client's go-ahead, then send one frame and close.
+            s.read_exact(&mut one).expect("go");
+            s.write_all(&encode_frame(cmd::KICK, MsgType::Notify, 0, 0, &()))
+                .expect("write");
+        });
+        assert!(matches!(
+            client.recv_frame(Duration::from_millis(50)),
+            Err(ClientError::Timeout)
+        ));
+        client.send_raw(&[0]).expect("go");
+        let frames = client.wait_closed(T).expect("closed");
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].cmd, cmd::KICK);
+        peer.join().expect("peer");
+    }
+
+    #[test]
+    fn oversized_frame_from_the_peer_is_a_frame_error() {
+        let (mut client, peer) = pair(|mut s| {
+            let mut header = encode_frame(cmd::PUSH, MsgType::Notify, 0, 0, &()).to_vec();
+            header[18..22].copy_from_slice(&(DEFAULT_MAX_FRAME + 1).to_be_bytes());
+            s.write_all(&header).expect("write");
+        });
+        assert!(matches!(
+            client.recv_frame(T),
+            Err(ClientError::Frame(FrameError::TooLarge { .. }))
+        ));
+        peer.join().expect("peer");
+    }
+}
