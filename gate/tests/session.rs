@@ -146,7 +146,22 @@ fn idle_session_is_kicked_with_reason_6_after_three_heartbeats() {
     let gate = TestGate::start_with(|c| c.gate.heartbeat_secs = 1);
     let (mut idle, resp) = gate.login(31, "d");
     assert_eq!(resp.heartbeat_secs, 1);
+    // This client ignores the gate's probe, so the probe is what it sees first.
+    idle.set_auto_pong(false);
     let start = Instant::now();
+    let probe = idle
+        .recv_frame(Duration::from_secs(2) + WAIT)
+        .expect("the gate probes a silent session with PING");
+    assert_eq!(
+        (probe.cmd, probe.msg_type),
+        (gate::protocol::cmd::PING, MsgType::Request)
+    );
+    assert_ne!(probe.seq, 0, "a PING request carries a seq");
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "probe comes after 2 x heartbeat of silence, came after {:?}",
+        start.elapsed()
+    );
     let frame = idle
         .recv_frame(Duration::from_secs(3) + WAIT)
         .expect("KICK at the idle deadline");
@@ -177,9 +192,20 @@ fn session_that_pings_every_half_heartbeat_stays_open() {
 }
 
 #[test]
+fn silent_client_that_answers_the_gates_pings_stays_open() {
+    let gate = TestGate::start_with(|c| c.gate.heartbeat_secs = 1);
+    let (mut client, _) = gate.login(35, "d");
+    // Sends nothing of its own; the client library answers the gate's PING probes.
+    assert_silent_for(&mut client, Duration::from_millis(4500));
+    assert_alive(&mut client);
+    gate.stop();
+}
+
+#[test]
 fn idle_kick_of_one_session_leaves_an_active_one_open() {
     let gate = TestGate::start_with(|c| c.gate.heartbeat_secs = 1);
     let (mut idle, _) = gate.login(33, "d");
+    idle.set_auto_pong(false);
     let (mut active, _) = gate.login(34, "d");
     let start = Instant::now();
     let mut kicked = false;
@@ -190,6 +216,8 @@ fn idle_kick_of_one_session_leaves_an_active_one_open() {
         );
         assert_alive(&mut active);
         match idle.recv_frame(Duration::from_millis(500)) {
+            // The gate's probe; this client does not answer it.
+            Ok(frame) if frame.cmd == cmd::PING && frame.msg_type == MsgType::Request => {}
             Ok(frame) => {
                 support::assert_kick(&frame, 6);
                 kicked = true;
