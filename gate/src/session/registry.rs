@@ -45,7 +45,11 @@ impl<C: Copy + PartialEq> Registry<C> {
         session_id: u64,
         conn: C,
     ) -> Option<DeviceSession<C>> {
-        let devices = self.users.entry(uid).or_default();
+        // Most users have one device online: start with room for exactly one.
+        let devices = self
+            .users
+            .entry(uid)
+            .or_insert_with(|| Vec::with_capacity(1));
         let entry = DeviceSession {
             device_id: device_id.into(),
             session_id,

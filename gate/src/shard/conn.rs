@@ -83,29 +83,33 @@ pub(crate) struct Arrival {
 }
 
 /// Runs one connection to its end and removes every trace of it from the shard.
-pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, arrival: Arrival) {
+///
+/// Not an `async fn`: the connection is built before the future exists, so the task holds only
+/// the `Conn` and its loop state (an idle connection's whole footprint, kept small on purpose).
+pub(crate) fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    arrival: Arrival,
+) -> impl Future<Output = ()> {
     let (key, signals) = shard.add_conn();
-    let fd = stream.as_raw_fd();
     let session = ConnSession::new(
         arrival.accepted_at,
         arrival.login_deadline,
         shard.settings.heartbeat,
     );
-    let mut conn = Conn {
+    let conn = Conn {
         decoder: FrameDecoder::new(shard.settings.max_frame),
+        fd: stream.as_raw_fd(),
         shard,
         stream,
-        fd,
         key,
         signals,
         rbuf: arrival.buffered,
         out: OutQueue::default(),
         session,
         timer: None,
-        arrival_at: arrival.accepted_at,
     };
-    let exit = conn.run().await;
-    conn.finish(exit).await;
+    conn.serve()
 }
 
 struct Conn {
@@ -120,10 +124,16 @@ struct Conn {
     session: ConnSession,
     /// The connection's one wheel entry and the instant it fires.
     timer: Option<(TimerId, Instant)>,
-    arrival_at: Instant,
 }
 
 impl Conn {
+    async fn serve(mut self) {
+        let exit = self.run().await;
+        // Boxed: the closing path (flush, hand-off, linger with its drain buffer) is rare and
+        // large; inline, it would make every idle connection's task that much bigger.
+        Box::pin(self.finish(exit)).await;
+    }
+
     async fn run(&mut self) -> Exit {
         loop {
             if let Some(exit) = self.process_input(Instant::now()) {
@@ -366,7 +376,6 @@ impl Conn {
                 let handoff = Handoff {
                     fd,
                     buffered,
-                    accepted_at: self.arrival_at,
                     login_deadline: self.session.login_deadline(),
                 };
                 drop(self.stream);

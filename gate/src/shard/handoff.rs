@@ -27,7 +27,6 @@ pub(crate) struct Handoff {
     pub fd: OwnedFd,
     /// The LOGIN frame and whatever followed it.
     pub buffered: Bytes,
-    pub accepted_at: Instant,
     pub login_deadline: Instant,
 }
 
@@ -70,7 +69,7 @@ fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
     // OwnedFd's ownership to the stream).
     let stream = unsafe { TcpStream::from_raw_fd(handoff.fd.into_raw_fd()) };
     let arrival = Arrival {
-        accepted_at: handoff.accepted_at,
+        accepted_at: Instant::now(),
         login_deadline: handoff.login_deadline,
         buffered: BytesMut::from(&handoff.buffered[..]),
     };
