@@ -1,3 +1,31 @@
-//! The backend side of imgate: the link protocol, the `Backend` trait, the embedded reference IM
-//! backend and the router binary. Empty until the backend boundary lands (issue 4); the crate
-//! exists now so the workspace layout matches ARCHITECTURE.md from the first commit.
+//! The backend side of imgate: the link protocol (`link`), the reference IM logic (`im`) that
+//! the embedded backend runs inside the gate's shards, and (later) the router binary.
+
+pub mod im;
+pub mod jwt;
+
+/// Link messages generated from `router/proto/link.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod link {
+    include!(concat!(env!("OUT_DIR"), "/imgate.link.v1.rs"));
+}
+
+/// Result codes shared with the client protocol (PROTOCOL.md "Codes").
+pub mod code {
+    pub const OK: u32 = 0;
+    pub const BAD_REQUEST: u32 = 1;
+    pub const UNAUTHENTICATED: u32 = 2;
+    pub const FORBIDDEN: u32 = 3;
+    pub const RATE_LIMITED: u32 = 4;
+    pub const BACKEND_UNAVAILABLE: u32 = 5;
+    pub const TOO_LARGE: u32 = 6;
+    pub const INTERNAL: u32 = 9;
+    pub const CONTENT_REJECTED: u32 = 10;
+    pub const NOT_FOUND: u32 = 11;
+}
+
+/// `conv_type` values.
+pub mod conv {
+    pub const SINGLE: u32 = 1;
+    pub const GROUP: u32 = 2;
+}

@@ -11,13 +11,11 @@
 //! as described in [`jwt`]. Every refusal maps to `Code::Unauthenticated` (`LoginResp.code = 2`,
 //! then close); the error's `Display` is the short text put in `LoginResp.message`.
 
-pub mod jwt;
-
-pub use jwt::{JwtVerifier, LEEWAY_SECS, MAX_TOKEN_LEN, sign_hs256, sign_raw};
-
-use std::fmt;
-
-use crate::protocol::Code;
+/// HS256 JWT verification and signing, shared with the reference backend.
+pub use router::jwt;
+pub use router::jwt::{
+    AuthError, JwtVerifier, LEEWAY_SECS, MAX_TOKEN_LEN, Malformed, Part, sign_hs256, sign_raw,
+};
 
 /// Checks LOGIN tokens. Cheap to clone; one per shard.
 #[derive(Debug, Clone)]
@@ -46,95 +44,6 @@ impl Authenticator {
             Self::Dev => Ok(()),
             Self::Jwt(verifier) => verifier.verify(uid, token, now_unix_secs),
         }
-    }
-}
-
-/// Why a token was refused. `Display` is the short human message put in `LoginResp.message`;
-/// the variant data is for logs and tests.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    /// Refused before any decoding, so hostile input costs at most a length check.
-    #[error("token too long ({len} bytes, max {max})")]
-    TooLong { len: usize, max: usize },
-    /// Not three unpadded base64url segments, or a header or claims segment that is not a JSON
-    /// object.
-    #[error("malformed token: {0}")]
-    Malformed(#[from] Malformed),
-    /// The header has no `alg`.
-    #[error("token header has no alg")]
-    MissingAlgorithm,
-    /// `alg` is not `"HS256"` (`none`, `HS384`, `RS256`, not a string, ...). `alg` is the
-    /// offending value as JSON, clipped to a few dozen bytes.
-    #[error("unsupported token alg {alg}")]
-    UnsupportedAlgorithm { alg: String },
-    /// The header has a `crit` parameter: it names extensions this verifier does not
-    /// understand, which RFC 7515 says must be refused.
-    #[error("token header has crit, which is not supported")]
-    CriticalHeader,
-    /// The HMAC does not match (wrong secret, tampered header or claims, truncated signature).
-    #[error("bad token signature")]
-    BadSignature,
-    /// A required claim (`sub`, `exp`) is absent.
-    #[error("token has no {claim} claim")]
-    MissingClaim { claim: &'static str },
-    /// `sub` is present but not a JSON string (a number is refused too).
-    #[error("token sub is not a string")]
-    SubNotString,
-    /// `sub` is a string but not the canonical decimal of a u64 (digits only, no sign, no
-    /// leading zero, at most `u64::MAX`).
-    #[error("token sub is not a decimal uid")]
-    SubNotDecimal,
-    /// `exp` or `nbf` is not a JSON integer in `0..=u64::MAX`.
-    #[error("token {claim} is not a non-negative integer")]
-    NotNumericDate { claim: &'static str },
-    /// `now >= exp + LEEWAY_SECS`.
-    #[error("token expired")]
-    Expired { exp: u64, now: u64 },
-    /// `now + LEEWAY_SECS < nbf`.
-    #[error("token not yet valid")]
-    NotYetValid { nbf: u64, now: u64 },
-    /// The token is valid but for another user.
-    #[error("token sub does not match uid")]
-    SubjectMismatch { sub: u64, uid: u64 },
-}
-
-impl AuthError {
-    /// The `LoginResp.code` for this refusal: always `UNAUTHENTICATED`.
-    pub fn code(&self) -> Code {
-        Code::Unauthenticated
-    }
-}
-
-/// How a token failed to parse (see `AuthError::Malformed`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Malformed {
-    /// A JWS compact token has exactly three `.`-separated segments.
-    #[error("expected 3 dot-separated segments, found {found}")]
-    SegmentCount { found: usize },
-    /// Padding, a character outside the base64url alphabet, an impossible length or nonzero
-    /// trailing bits (so each signature has exactly one spelling).
-    #[error("{part} is not unpadded base64url")]
-    Base64 { part: Part },
-    /// Not UTF-8 JSON, or JSON that is not an object.
-    #[error("{part} is not a JSON object")]
-    Json { part: Part },
-}
-
-/// A segment of a JWS compact token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Part {
-    Header,
-    Claims,
-    Signature,
-}
-
-impl fmt::Display for Part {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Header => "header",
-            Self::Claims => "claims",
-            Self::Signature => "signature",
-        })
     }
 }
 
@@ -189,7 +98,7 @@ mod tests {
             AuthError::SubjectMismatch { sub: 1, uid: 2 },
         ];
         for err in all {
-            assert_eq!(err.code(), Code::Unauthenticated);
+            assert_eq!(err.code(), crate::protocol::Code::Unauthenticated.wire());
             let msg = err.to_string();
             assert!(!msg.is_empty() && msg.len() <= 80, "{msg:?}");
         }

@@ -229,9 +229,9 @@ impl Conn {
         if let Err(err) = shard.auth.verify(req.uid, &req.token, unix_now().as_secs()) {
             shard.count(Counter::LoginsRefused);
             tracing::debug!(shard = shard.index, uid = req.uid, %err, "login refused");
-            let action = self
-                .session
-                .login_refused(err.code(), &err.to_string(), log_id, seq);
+            let action =
+                self.session
+                    .login_refused(Code::Unauthenticated, &err.to_string(), log_id, seq);
             return self.apply(action);
         }
         let session_id = shard.next_session_id();

@@ -25,6 +25,8 @@
 //! 7. `sub == uid`.
 //!
 //! The claims are parsed only after the signature verifies. Nothing here panics on any input.
+//!
+//! Shared by the gate (`auth.mode = "jwt"`) and the reference backend (`auth.mode = "backend"`).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -32,8 +34,6 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::Sha256;
 use std::fmt;
-
-use super::{AuthError, Malformed, Part};
 
 type HmacSha256 = Hmac<Sha256>;
 type Object = Map<String, Value>;
@@ -200,6 +200,95 @@ fn numeric_date(claims: &Object, claim: &'static str) -> Result<Option<u64>, Aut
         .get(claim)
         .map(|value| value.as_u64().ok_or(AuthError::NotNumericDate { claim }))
         .transpose()
+}
+
+/// Why a token was refused. `Display` is the short human message put in `LoginResp.message`;
+/// the variant data is for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Refused before any decoding, so hostile input costs at most a length check.
+    #[error("token too long ({len} bytes, max {max})")]
+    TooLong { len: usize, max: usize },
+    /// Not three unpadded base64url segments, or a header or claims segment that is not a JSON
+    /// object.
+    #[error("malformed token: {0}")]
+    Malformed(#[from] Malformed),
+    /// The header has no `alg`.
+    #[error("token header has no alg")]
+    MissingAlgorithm,
+    /// `alg` is not `"HS256"` (`none`, `HS384`, `RS256`, not a string, ...). `alg` is the
+    /// offending value as JSON, clipped to a few dozen bytes.
+    #[error("unsupported token alg {alg}")]
+    UnsupportedAlgorithm { alg: String },
+    /// The header has a `crit` parameter: it names extensions this verifier does not
+    /// understand, which RFC 7515 says must be refused.
+    #[error("token header has crit, which is not supported")]
+    CriticalHeader,
+    /// The HMAC does not match (wrong secret, tampered header or claims, truncated signature).
+    #[error("bad token signature")]
+    BadSignature,
+    /// A required claim (`sub`, `exp`) is absent.
+    #[error("token has no {claim} claim")]
+    MissingClaim { claim: &'static str },
+    /// `sub` is present but not a JSON string (a number is refused too).
+    #[error("token sub is not a string")]
+    SubNotString,
+    /// `sub` is a string but not the canonical decimal of a u64 (digits only, no sign, no
+    /// leading zero, at most `u64::MAX`).
+    #[error("token sub is not a decimal uid")]
+    SubNotDecimal,
+    /// `exp` or `nbf` is not a JSON integer in `0..=u64::MAX`.
+    #[error("token {claim} is not a non-negative integer")]
+    NotNumericDate { claim: &'static str },
+    /// `now >= exp + LEEWAY_SECS`.
+    #[error("token expired")]
+    Expired { exp: u64, now: u64 },
+    /// `now + LEEWAY_SECS < nbf`.
+    #[error("token not yet valid")]
+    NotYetValid { nbf: u64, now: u64 },
+    /// The token is valid but for another user.
+    #[error("token sub does not match uid")]
+    SubjectMismatch { sub: u64, uid: u64 },
+}
+
+impl AuthError {
+    /// The `LoginResp.code` for this refusal: always `UNAUTHENTICATED`.
+    pub fn code(&self) -> u32 {
+        crate::code::UNAUTHENTICATED
+    }
+}
+
+/// How a token failed to parse (see `AuthError::Malformed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// A JWS compact token has exactly three `.`-separated segments.
+    #[error("expected 3 dot-separated segments, found {found}")]
+    SegmentCount { found: usize },
+    /// Padding, a character outside the base64url alphabet, an impossible length or nonzero
+    /// trailing bits (so each signature has exactly one spelling).
+    #[error("{part} is not unpadded base64url")]
+    Base64 { part: Part },
+    /// Not UTF-8 JSON, or JSON that is not an object.
+    #[error("{part} is not a JSON object")]
+    Json { part: Part },
+}
+
+/// A segment of a JWS compact token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    Header,
+    Claims,
+    Signature,
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Header => "header",
+            Self::Claims => "claims",
+            Self::Signature => "signature",
+        })
+    }
 }
 
 #[cfg(test)]
@@ -713,8 +802,8 @@ mod tests {
 
     #[test]
     fn debug_does_not_print_the_key() {
-        let shown = format!("{:?}", super::super::Authenticator::jwt(b"s3cret"));
-        assert_eq!(shown, "Jwt(JwtVerifier { .. })");
+        let shown = format!("{:?}", JwtVerifier::new(b"s3cret"));
+        assert_eq!(shown, "JwtVerifier { .. }");
     }
 
     /// xorshift64: deterministic, dependency-free randomness for the fuzz loop.
