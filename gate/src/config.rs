@@ -17,6 +17,44 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub gate: GateConfig,
     pub auth: AuthConfig,
+    pub backend: BackendConfig,
+}
+
+/// `[backend]`: which backend serves the shards, and the embedded reference backend's settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendConfig {
+    pub kind: BackendKind,
+    pub addr: String,
+    pub data_dir: String,
+    pub partitions: u32,
+    pub push_threshold: u32,
+    pub auth_secret: String,
+    pub queue: usize,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            kind: BackendKind::Embedded,
+            addr: String::new(),
+            data_dir: String::new(),
+            partitions: 64,
+            push_threshold: 200,
+            auth_secret: String::new(),
+            queue: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The reference IM backend, run as partitions inside the gate's shards.
+    #[default]
+    Embedded,
+    /// A backend behind the link at `backend.addr` (the router binary, or your own).
+    Remote,
 }
 
 /// `[gate]`: the listener, shards and client-protocol limits.
@@ -70,7 +108,7 @@ pub enum AuthMode {
     Dev,
     /// HS256 JWT signed with `auth.secret` (PROTOCOL.md "Tokens").
     Jwt,
-    /// The backend verifies tokens (needs the backend boundary).
+    /// The backend verifies tokens (over the boundary; the embedded one with backend.auth_secret).
     Backend,
 }
 
@@ -133,6 +171,41 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "unsent output one connection may hold; past it the client is kicked as a slow consumer (KICK 4)",
     ),
     (
+        "backend.kind",
+        "\"embedded\"",
+        "\"embedded\" (reference IM backend inside the shards) | \"remote\" (a backend at backend.addr)",
+    ),
+    (
+        "backend.addr",
+        "\"\"",
+        "host:port of the remote backend's link (backend.kind = \"remote\")",
+    ),
+    (
+        "backend.data_dir",
+        "\"\"",
+        "where the reference backend keeps its message log (empty: in memory only)",
+    ),
+    (
+        "backend.partitions",
+        "64",
+        "partitions of the reference backend's data, fixed for the life of the data",
+    ),
+    (
+        "backend.push_threshold",
+        "200",
+        "members of groups larger than this get NOTIFY instead of PUSH",
+    ),
+    (
+        "backend.auth_secret",
+        "\"\"",
+        "HS256 key the reference backend checks tokens with when auth.mode = \"backend\"",
+    ),
+    (
+        "backend.queue",
+        "4096",
+        "capacity of each cross-shard backend channel; when full, requests get BACKEND_UNAVAILABLE",
+    ),
+    (
         "auth.mode",
         "\"dev\"",
         "\"dev\" (any token, loopback only) | \"jwt\" (HS256 with auth.secret) | \"backend\"",
@@ -191,6 +264,7 @@ pub struct Settings {
     pub max_outbound: usize,
     pub auth_mode: AuthMode,
     pub auth_secret: Vec<u8>,
+    pub backend: BackendConfig,
 }
 
 impl Settings {
@@ -277,13 +351,29 @@ impl Config {
             AuthMode::Jwt if self.auth.secret.is_empty() => {
                 return Err(invalid("auth.secret", "required when auth.mode = \"jwt\""));
             }
-            AuthMode::Backend => {
+            AuthMode::Backend
+                if self.backend.kind == BackendKind::Embedded
+                    && self.backend.auth_secret.is_empty() =>
+            {
                 return Err(invalid(
-                    "auth.mode",
-                    "\"backend\" needs the backend boundary, which this build does not have yet; use \"jwt\" or \"dev\"",
+                    "backend.auth_secret",
+                    "required when auth.mode = \"backend\" with the embedded backend (it checks tokens with it)",
                 ));
             }
             _ => {}
+        }
+        let b = &self.backend;
+        if b.kind == BackendKind::Remote {
+            return Err(invalid(
+                "backend.kind",
+                "\"remote\" needs the link client, which this build does not have yet; use \"embedded\"",
+            ));
+        }
+        if !(1..=1024).contains(&b.partitions) {
+            return Err(invalid("backend.partitions", "must be between 1 and 1024"));
+        }
+        if b.queue < 16 {
+            return Err(invalid("backend.queue", "must be at least 16"));
         }
         let gate_id = if g.id.is_empty() {
             format!("{}:{}", hostname(), listen.port())
@@ -305,6 +395,7 @@ impl Config {
             max_outbound: g.max_outbound_kib * 1024,
             auth_mode: self.auth.mode,
             auth_secret: self.auth.secret.clone().into_bytes(),
+            backend: self.backend.clone(),
         })
     }
 }
@@ -386,7 +477,7 @@ mod tests {
     }
 
     #[test]
-    fn jwt_needs_a_secret_and_backend_is_not_available_yet() {
+    fn jwt_needs_a_secret_and_backend_auth_needs_the_backend_key() {
         let err = Config::from_toml("[auth]\nmode = \"jwt\"\n")
             .unwrap()
             .validate()
@@ -396,7 +487,9 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap_err();
-        assert!(err.to_string().contains("backend boundary"), "{err}");
+        assert!(err.to_string().starts_with("backend.auth_secret:"), "{err}");
+        let ok = "[auth]\nmode = \"backend\"\n[backend]\nauth_secret = \"k\"\n";
+        assert!(Config::from_toml(ok).unwrap().validate().is_ok());
     }
 
     #[test]
