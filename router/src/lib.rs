@@ -1,6 +1,7 @@
 //! The backend side of imgate: the link protocol (`link`), the reference IM logic (`im`) that
 //! the embedded backend runs inside the gate's shards, and (later) the router binary.
 
+pub mod backend;
 pub mod im;
 pub mod jwt;
 

@@ -35,15 +35,15 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use super::handoff::Handoff;
-use super::io::{Nb, OutQueue, recv_into};
+use super::io::{Nb, recv_into};
 use super::owner_shard;
-use super::state::{ConnKey, ConnSignals, Counter, Shard};
+use super::state::{ConnKey, ConnShared, Counter, Shard};
+use super::uplink::{Asker, Uplink, refusal, translate};
 use crate::delivery::TimerId;
-use crate::protocol::pb::{
-    BizResp, LoginReq, LoginResp, PullResp, Result as ResultBody, SendResp, SyncResp,
-};
-use crate::protocol::{Code, FrameDecoder, KickReason, MsgType, cmd, encode_frame};
+use crate::protocol::pb::{LoginReq, LoginResp};
+use crate::protocol::{Code, Frame, FrameDecoder, KickReason, MsgType, cmd, encode_frame};
 use crate::session::{Action, CloseWhy, ConnSession, LoggedIn};
+use router::backend::{Backend, Origin, Request, Unavailable};
 
 /// Largest single read from the fd beyond what the current frame needs.
 const READ_CHUNK: usize = 4096;
@@ -73,6 +73,7 @@ enum Wake {
     Gone,
     Kick(KickReason),
     Timer,
+    LoginResult(router::link::LoginResult),
 }
 
 /// When a connection must log in by, and the bytes it arrived with.
@@ -91,7 +92,7 @@ pub(crate) fn serve(
     stream: TcpStream,
     arrival: Arrival,
 ) -> impl Future<Output = ()> {
-    let (key, signals) = shard.add_conn();
+    let (key, shared) = shard.add_conn();
     let session = ConnSession::new(
         arrival.accepted_at,
         arrival.login_deadline,
@@ -103,11 +104,11 @@ pub(crate) fn serve(
         shard,
         stream,
         key,
-        signals,
+        shared,
         rbuf: arrival.buffered,
-        out: OutQueue::default(),
         session,
         timer: None,
+        pending_login: None,
     };
     conn.serve()
 }
@@ -117,13 +118,14 @@ struct Conn {
     stream: TcpStream,
     fd: RawFd,
     key: ConnKey,
-    signals: Rc<ConnSignals>,
+    shared: Rc<ConnShared>,
     rbuf: BytesMut,
-    out: OutQueue,
     decoder: FrameDecoder,
     session: ConnSession,
     /// The connection's one wheel entry and the instant it fires.
     timer: Option<(TimerId, Instant)>,
+    /// A LOGIN the backend is checking (`auth.mode = "backend"`); boxed, as it is rare.
+    pending_login: Option<Box<(LoginReq, u32, u32)>>,
 }
 
 impl Conn {
@@ -147,6 +149,18 @@ impl Conn {
                 Wake::Timer => {
                     self.timer = None;
                     self.session.handle_timeout(Instant::now())
+                }
+                Wake::LoginResult(result) => {
+                    let Some(pending) = self.pending_login.take() else {
+                        continue;
+                    };
+                    let (req, log_id, seq) = *pending;
+                    if let Some(exit) =
+                        self.login_checked(req, log_id, seq, result.code, &result.message)
+                    {
+                        return exit;
+                    }
+                    continue;
                 }
             };
             if let Some(exit) = self.apply(action) {
@@ -183,32 +197,70 @@ impl Conn {
     fn apply(&mut self, action: Action) -> Option<Exit> {
         match action {
             Action::None | Action::PingAnswered { .. } => None,
-            Action::Reply(frame) => self.queue(frame),
-            Action::Forward(frame) => match unserved_reply(frame.cmd, frame.log_id, frame.seq) {
-                Some(reply) => self.queue(reply),
-                None => None,
-            },
+            Action::Reply(frame) => {
+                self.queue(frame);
+                None
+            }
+            Action::Forward(frame) => {
+                self.forward(frame);
+                None
+            }
             Action::Login { req, log_id, seq } => self.login(req, log_id, seq),
             Action::Close { frames, why } => {
+                let mut out = self.shared.out();
                 for frame in frames {
-                    self.out.push(frame);
+                    out.push(frame);
                 }
                 Some(Exit::Close(why))
             }
         }
     }
 
-    /// Queues a frame, or kicks a client that lets its output pile up.
-    fn queue(&mut self, frame: Bytes) -> Option<Exit> {
-        if self.out.bytes() + frame.len() > self.shard.settings.max_outbound {
-            self.out.clear();
-            let action = self
-                .session
-                .kick(KickReason::SlowConsumer, "output queue full");
-            return self.apply(action);
+    /// Queues a frame; a client that lets its output pile up is kicked (see `ConnShared::push`).
+    fn queue(&self, frame: Bytes) {
+        self.shared.push(frame, self.shard.settings.max_outbound);
+    }
+
+    /// A message-path request goes to the backend; its answer is queued by the shard when it
+    /// comes back (`downlink.rs`), so requests pipeline.
+    fn forward(&mut self, frame: Frame) {
+        let who = Asker {
+            uid: self.shared.uid(),
+            session_id: self.shared.session_id(),
+            max_frame: self.shard.settings.max_frame,
+        };
+        let (command, log_id, seq) = (frame.cmd, frame.log_id, frame.seq);
+        match translate(frame, &who) {
+            Uplink::Submit(request) => {
+                let origin = Origin {
+                    shard: self.shard.index as u32,
+                    conn: self.key.pack(),
+                    seq,
+                    log_id,
+                };
+                let submitted = match self.shard.backend.get() {
+                    Some(backend) => backend.submit(origin, request),
+                    None => Err(Unavailable),
+                };
+                if submitted.is_err() {
+                    let why = "backend unavailable; retry";
+                    self.queue(refusal(command, log_id, seq, Code::BackendUnavailable, why));
+                }
+            }
+            // Acknowledged PUSHes are reported delivered. (The retry engine, and the batching of
+            // these reports, come with the delivery engine.)
+            Uplink::Ack(delivered) => {
+                if let Some(backend) = self.shard.backend.get() {
+                    backend.report(router::link::DeliveryReport {
+                        uid: who.uid,
+                        session_id: who.session_id,
+                        delivered,
+                        undelivered: Vec::new(),
+                    });
+                }
+            }
+            Uplink::Refuse(frame) => self.queue(frame),
         }
-        self.out.push(frame);
-        None
     }
 
     fn login(&mut self, req: LoginReq, log_id: u32, seq: u32) -> Option<Exit> {
@@ -226,12 +278,63 @@ impl Conn {
                 buffered: buffered.freeze(),
             });
         }
-        if let Err(err) = shard.auth.verify(req.uid, &req.token, unix_now().as_secs()) {
+        let Some(auth) = &shard.auth else {
+            // auth.mode = "backend": ask, and finish when the answer wakes us.
+            let check = router::link::Login {
+                uid: req.uid,
+                token: req.token.clone(),
+                device_id: req.device_id.clone(),
+                platform: req.platform,
+                log_id,
+            };
+            let origin = Origin {
+                shard: shard.index as u32,
+                conn: self.key.pack(),
+                seq,
+                log_id,
+            };
+            let submitted = match shard.backend.get() {
+                Some(backend) => backend.submit(origin, Request::Login(check)),
+                None => Err(Unavailable),
+            };
+            if submitted.is_err() {
+                let action = self.session.login_refused(
+                    Code::BackendUnavailable,
+                    "backend unavailable; retry",
+                    log_id,
+                    seq,
+                );
+                return self.apply(action);
+            }
+            self.pending_login = Some(Box::new((req, log_id, seq)));
+            return None;
+        };
+        let (code, message) = match auth.verify(req.uid, &req.token, unix_now().as_secs()) {
+            Ok(()) => (Code::Ok.wire(), String::new()),
+            Err(err) => (err.code(), err.to_string()),
+        };
+        self.login_checked(req, log_id, seq, code, &message)
+    }
+
+    /// Finishes a LOGIN whose token check answered `code`.
+    fn login_checked(
+        &mut self,
+        req: LoginReq,
+        log_id: u32,
+        seq: u32,
+        code: u32,
+        message: &str,
+    ) -> Option<Exit> {
+        let shard = Rc::clone(&self.shard);
+        if code != Code::Ok.wire() {
             shard.count(Counter::LoginsRefused);
-            tracing::debug!(shard = shard.index, uid = req.uid, %err, "login refused");
-            let action =
-                self.session
-                    .login_refused(Code::Unauthenticated, &err.to_string(), log_id, seq);
+            tracing::debug!(shard = shard.index, uid = req.uid, message, "login refused");
+            let code = if code == Code::Unauthenticated.wire() {
+                Code::Unauthenticated
+            } else {
+                Code::BackendUnavailable
+            };
+            let action = self.session.login_refused(code, message, log_id, seq);
             return self.apply(action);
         }
         let session_id = shard.next_session_id();
@@ -243,8 +346,18 @@ impl Conn {
         if let Some(old) = displaced {
             shard.kick(old.conn, KickReason::DuplicateLogin);
         }
+        self.shared.set_identity(req.uid, session_id);
         shard.count(Counter::LoginsOk);
         shard.publish_gauges();
+        if let Some(backend) = shard.backend.get() {
+            backend.presence(router::link::Presence {
+                uid: req.uid,
+                device_id: req.device_id.clone(),
+                session_id,
+                online: true,
+                platform: req.platform,
+            });
+        }
         let settings = &shard.settings;
         let resp = LoginResp {
             code: Code::Ok.wire(),
@@ -261,7 +374,8 @@ impl Conn {
             session_id,
         };
         let reply = self.session.login_accepted(who, resp, log_id, seq);
-        self.queue(reply)
+        self.queue(reply);
+        None
     }
 
     /// Keeps exactly one wheel entry armed no later than the session's next deadline. A later
@@ -283,14 +397,17 @@ impl Conn {
 
     async fn wait(&mut self) -> Wake {
         poll_fn(|cx| {
-            self.signals.set_waker(cx.waker());
-            if let Some(reason) = self.signals.take_kick() {
+            self.shared.set_waker(cx.waker());
+            if let Some(reason) = self.shared.take_kick() {
                 return Poll::Ready(Wake::Kick(reason));
             }
-            if self.signals.take_timer_due() {
+            if let Some(result) = self.shared.take_login_result() {
+                return Poll::Ready(Wake::LoginResult(result));
+            }
+            if self.shared.take_timer_due() {
                 return Poll::Ready(Wake::Timer);
             }
-            if !self.out.is_empty()
+            if !self.shared.out().is_empty()
                 && let Poll::Ready(Err(err)) = self.poll_flush(cx)
             {
                 tracing::debug!(shard = self.shard.index, %err, "write failed");
@@ -303,16 +420,17 @@ impl Conn {
 
     /// Writes the queue; `Pending` means glommio will wake us when the socket is writable.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut out = self.shared.out();
         loop {
-            match self.out.write_to(self.fd)? {
+            match out.write_to(self.fd)? {
                 Nb::Done(()) => return Poll::Ready(Ok(())),
                 Nb::WouldBlock => {}
             }
-            let Some(front) = self.out.front() else {
+            let Some(front) = out.front() else {
                 return Poll::Ready(Ok(()));
             };
             match Pin::new(&mut self.stream).poll_write(cx, front) {
-                Poll::Ready(Ok(n)) => self.out.advance(n),
+                Poll::Ready(Ok(n)) => out.advance(n),
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                 Poll::Pending => return Poll::Pending,
             }
@@ -348,10 +466,20 @@ impl Conn {
             self.shard.cancel_timer(id);
         }
         if let Some(who) = self.session.logged_in() {
-            self.shard
-                .registry
-                .borrow_mut()
-                .unregister(who.uid, &who.device_id, self.key);
+            let removed =
+                self.shard
+                    .registry
+                    .borrow_mut()
+                    .unregister(who.uid, &who.device_id, self.key);
+            if removed && let Some(backend) = self.shard.backend.get() {
+                backend.presence(router::link::Presence {
+                    uid: who.uid,
+                    device_id: who.device_id.to_string(),
+                    session_id: who.session_id,
+                    online: false,
+                    platform: 0,
+                });
+            }
         }
         self.shard.remove_conn(self.key);
         match exit {
@@ -386,7 +514,7 @@ impl Conn {
 
     /// Flushes the queue within `limit`; whether everything went out.
     async fn flush_for(&mut self, limit: Duration) -> bool {
-        if self.out.is_empty() {
+        if self.shared.out().is_empty() {
             return true;
         }
         let flush = poll_fn(|cx| self.poll_flush(cx));
@@ -415,66 +543,6 @@ pub(crate) async fn linger(stream: &mut TcpStream, rbuf: &mut BytesMut) {
         Ok(())
     };
     let _ = glommio::timer::timeout(LINGER_TIME, drain).await;
-}
-
-/// Until the backend boundary exists (issue 4), message-path requests are answered with their
-/// own response type and BACKEND_UNAVAILABLE; ACKs have nothing to acknowledge.
-fn unserved_reply(command: u8, log_id: u32, seq: u32) -> Option<Bytes> {
-    const WHY: &str = "no backend is configured";
-    let code = Code::BackendUnavailable.wire();
-    let (rsp, msg) = (MsgType::Response, WHY.to_string());
-    Some(match command {
-        cmd::SEND => encode_frame(
-            command,
-            rsp,
-            log_id,
-            seq,
-            &SendResp {
-                code,
-                message: msg,
-                ..Default::default()
-            },
-        ),
-        cmd::PULL => encode_frame(
-            command,
-            rsp,
-            log_id,
-            seq,
-            &PullResp {
-                code,
-                ..Default::default()
-            },
-        ),
-        cmd::READ => encode_frame(
-            command,
-            rsp,
-            log_id,
-            seq,
-            &ResultBody { code, message: msg },
-        ),
-        cmd::SYNC => encode_frame(
-            command,
-            rsp,
-            log_id,
-            seq,
-            &SyncResp {
-                code,
-                ..Default::default()
-            },
-        ),
-        cmd::BIZ => encode_frame(
-            command,
-            rsp,
-            log_id,
-            seq,
-            &BizResp {
-                code,
-                message: msg,
-                ..Default::default()
-            },
-        ),
-        _ => return None,
-    })
 }
 
 fn kick_message(reason: KickReason) -> &'static str {

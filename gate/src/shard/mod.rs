@@ -4,15 +4,19 @@
 //!
 //! Rooms: `listener` (sockets, accept, capacity), `conn` (one task per connection: reads,
 //! session, vectored writes), `handoff` (fd moves between shards), `timer` (the shard's one
-//! runtime timer over its wheel), `state` (what a shard owns), `io` (raw socket calls).
-//! Shards share nothing; they talk only through the bounded hand-off mesh.
+//! runtime timer over its wheel), `state` (what a shard owns), `io` (raw socket calls),
+//! `uplink` (client requests → link requests), `downlink` (the shard as its backend's sink:
+//! answers and pushes → frames). Shards share nothing; they talk only through bounded meshes:
+//! the hand-off mesh here and the embedded backend's own (`router::backend::embedded`).
 
 mod conn;
+mod downlink;
 mod handoff;
 mod io;
 mod listener;
 mod state;
 mod timer;
+mod uplink;
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
@@ -23,11 +27,15 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
+use router::backend::embedded;
 
 use crate::config::Settings;
 use crate::protocol::KickReason;
 use handoff::Handoff;
 use state::{PublishedStats, Shard};
+
+/// How long the reference backend remembers a (uid, client_msg_id) (PROTOCOL.md: at least 24 h).
+const DEDUP_WINDOW_MS: u64 = 24 * 3600 * 1000;
 
 /// How long a stopping shard waits for its connections to take their KICK and close.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -35,12 +43,9 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 /// The shard that owns `uid`: a fixed 64-bit mix (splitmix64's finaliser) modulo the shard
 /// count. Stable across builds, hosts and restarts; never `RandomState`.
 pub fn owner_shard(uid: u64, shards: usize) -> usize {
-    let mut z = uid.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    // shards <= 1024, so the cast back to usize cannot truncate.
-    (z % shards as u64) as usize
+    // shards <= 1024, so the cast back to usize cannot truncate. The embedded backend routes
+    // downlink with the same function (`router::backend::embedded::gate_shard_of`).
+    (router::im::mix64(uid) % shards as u64) as usize
 }
 
 /// The shard a session lives on, read from its `session_id` (the low 10 bits).
@@ -127,6 +132,7 @@ pub fn start(settings: Settings) -> Result<GateHandle, StartError> {
     let (fds, local_addr) = listener::bind_all(&settings)?;
     let count = settings.shards.get();
     let mesh: MeshBuilder<Handoff, _> = MeshBuilder::full(count, settings.handoff_queue.get());
+    let backend_mesh = embedded::mesh(count, settings.backend.queue);
     let cpus = allowed_cpus();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut shards = Vec::with_capacity(count);
@@ -143,6 +149,7 @@ pub fn start(settings: Settings) -> Result<GateHandle, StartError> {
             listen_fd,
             stop: OwnedFd::from(stop_theirs),
             mesh: (count > 1).then(|| mesh.clone()),
+            backend_mesh: (count > 1).then(|| backend_mesh.clone()),
             stats: Arc::clone(&stats),
             ready: ready_tx.clone(),
         };
@@ -211,6 +218,7 @@ struct ShardStart {
     listen_fd: OwnedFd,
     stop: OwnedFd,
     mesh: Option<MeshBuilder<Handoff, glommio::channels::channel_mesh::Full>>,
+    backend_mesh: Option<embedded::Mesh>,
     stats: Arc<PublishedStats>,
     ready: mpsc::Sender<Result<(), String>>,
 }
@@ -239,6 +247,24 @@ async fn run_shard(ctx: ShardStart) {
                     )));
                     return;
                 }
+            }
+        }
+        let sink: std::rc::Weak<dyn router::backend::GateSink> = Rc::downgrade(&shard) as _;
+        let im = router::im::ImConfig {
+            partitions: shard.settings.backend.partitions,
+            push_threshold: shard.settings.backend.push_threshold,
+            dedup_window_ms: DEDUP_WINDOW_MS,
+            auth_secret: shard.settings.backend.auth_secret.clone().into_bytes(),
+        };
+        match embedded::EmbeddedShard::start(shard.index, shard.shards, im, ctx.backend_mesh, sink)
+            .await
+        {
+            Ok(backend) => {
+                let _ = shard.backend.set(backend);
+            }
+            Err(reason) => {
+                let _ = ctx.ready.send(Err(reason));
+                return;
             }
         }
         glommio::spawn_local(timer::run_timer(Rc::clone(&shard))).detach();

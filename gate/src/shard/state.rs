@@ -9,10 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Waker;
 use std::time::Instant;
 
+use bytes::Bytes;
 use glommio::channels::channel_mesh::Senders;
+use router::backend::embedded::EmbeddedShard;
 
 use super::ShardStats;
 use super::handoff::Handoff;
+use super::io::OutQueue;
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::delivery::{TimerId, TimerWheel};
@@ -27,17 +30,59 @@ pub(crate) struct ConnKey {
     generation: u32,
 }
 
-/// The part of a connection that others on its shard poke: the timer task marks a deadline
-/// due, a newer login of the same device or a stop asks for a kick. The connection task owns
-/// everything else and is woken to act on these.
-#[derive(Default)]
-pub(crate) struct ConnSignals {
-    kick: Cell<Option<KickReason>>,
-    timer_due: Cell<bool>,
-    waker: Cell<Option<Waker>>,
+impl ConnKey {
+    /// As carried in a backend `Origin`.
+    pub fn pack(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+
+    pub fn unpack(packed: u64) -> Self {
+        // Truncation intended: the two halves are the two fields.
+        Self {
+            index: packed as u32,
+            generation: (packed >> 32) as u32,
+        }
+    }
 }
 
-impl ConnSignals {
+/// The part of a connection that others on its shard reach: its outbound queue (answers from
+/// the backend and pushes are queued here by the shard), who it is once logged in, and the
+/// shared the timer task, a newer login of the same device or a stop raise. The connection
+/// task owns everything else and is woken to act on these.
+#[derive(Default)]
+pub(crate) struct ConnShared {
+    out: RefCell<OutQueue>,
+    kick: Cell<Option<KickReason>>,
+    timer_due: Cell<bool>,
+    login_result: RefCell<Option<router::link::LoginResult>>,
+    waker: Cell<Option<Waker>>,
+    /// 0 until logged in.
+    uid: Cell<u64>,
+    session_id: Cell<u64>,
+}
+
+impl ConnShared {
+    /// Queues a frame and wakes the connection to flush it. A queue that would pass `max_bytes`
+    /// is a slow consumer: its backlog is dropped and the connection kicked (KICK 4).
+    pub fn push(&self, frame: Bytes, max_bytes: usize) {
+        {
+            let mut out = self.out.borrow_mut();
+            if out.bytes() + frame.len() > max_bytes {
+                out.clear();
+                drop(out);
+                self.request_kick(KickReason::SlowConsumer);
+                return;
+            }
+            out.push(frame);
+        }
+        self.wake();
+    }
+
+    /// The outbound queue, for the connection task to flush. Never held across an `.await`.
+    pub fn out(&self) -> std::cell::RefMut<'_, OutQueue> {
+        self.out.borrow_mut()
+    }
+
     pub fn request_kick(&self, reason: KickReason) {
         if self.kick.get().is_none() {
             self.kick.set(Some(reason));
@@ -58,6 +103,30 @@ impl ConnSignals {
         self.timer_due.replace(false)
     }
 
+    /// The backend's answer to this connection's LOGIN (`auth.mode = "backend"`).
+    pub fn set_login_result(&self, result: router::link::LoginResult) {
+        *self.login_result.borrow_mut() = Some(result);
+        self.wake();
+    }
+
+    pub fn take_login_result(&self) -> Option<router::link::LoginResult> {
+        self.login_result.borrow_mut().take()
+    }
+
+    pub fn set_identity(&self, uid: u64, session_id: u64) {
+        self.uid.set(uid);
+        self.session_id.set(session_id);
+    }
+
+    /// The logged-in uid (0 before LOGIN).
+    pub fn uid(&self) -> u64 {
+        self.uid.get()
+    }
+
+    pub fn session_id(&self) -> u64 {
+        self.session_id.get()
+    }
+
     pub fn set_waker(&self, waker: &Waker) {
         match self.waker.take() {
             Some(w) if w.will_wake(waker) => self.waker.set(Some(w)),
@@ -75,17 +144,17 @@ impl ConnSignals {
 /// Slab of live connections with generation-checked keys.
 #[derive(Default)]
 struct ConnTable {
-    slots: Vec<(u32, Option<Rc<ConnSignals>>)>,
+    slots: Vec<(u32, Option<Rc<ConnShared>>)>,
     free: Vec<u32>,
     live: usize,
 }
 
 impl ConnTable {
-    fn insert(&mut self, signals: Rc<ConnSignals>) -> ConnKey {
+    fn insert(&mut self, shared: Rc<ConnShared>) -> ConnKey {
         self.live += 1;
         if let Some(index) = self.free.pop() {
             let slot = &mut self.slots[index as usize];
-            slot.1 = Some(signals);
+            slot.1 = Some(shared);
             return ConnKey {
                 index,
                 generation: slot.0,
@@ -93,14 +162,14 @@ impl ConnTable {
         }
         // More than u32::MAX connections cannot exist (the open-file limit is far lower).
         let index = self.slots.len() as u32;
-        self.slots.push((0, Some(signals)));
+        self.slots.push((0, Some(shared)));
         ConnKey {
             index,
             generation: 0,
         }
     }
 
-    fn get(&self, key: ConnKey) -> Option<&Rc<ConnSignals>> {
+    fn get(&self, key: ConnKey) -> Option<&Rc<ConnShared>> {
         match self.slots.get(key.index as usize) {
             Some((generation, Some(s))) if *generation == key.generation => Some(s),
             _ => None,
@@ -171,7 +240,8 @@ pub(crate) struct Shard {
     pub index: usize,
     pub shards: usize,
     pub settings: Settings,
-    pub auth: Authenticator,
+    /// Local token check; `None` with `auth.mode = "backend"`, where the backend decides.
+    pub auth: Option<Authenticator>,
     /// This shard's share of `gate.max_connections`.
     pub max_connections: usize,
     conns: RefCell<ConnTable>,
@@ -181,6 +251,8 @@ pub(crate) struct Shard {
     timer_waker: Cell<Option<Waker>>,
     timer_armed_at: Cell<Option<Instant>>,
     pub handoff: OnceCell<Senders<Handoff>>,
+    /// This shard's handle on the backend (set once at start, before accepting).
+    pub backend: OnceCell<Rc<EmbeddedShard>>,
     next_session: Cell<u64>,
     pub stopping: Cell<bool>,
     stats: Arc<PublishedStats>,
@@ -191,9 +263,9 @@ impl Shard {
     pub fn new(index: usize, settings: Settings, stats: Arc<PublishedStats>, now: Instant) -> Self {
         let shards = settings.shards.get();
         let auth = match settings.auth_mode {
-            crate::config::AuthMode::Jwt => Authenticator::jwt(&settings.auth_secret),
-            // `backend` is refused by config validation until the backend boundary exists.
-            crate::config::AuthMode::Dev | crate::config::AuthMode::Backend => Authenticator::dev(),
+            crate::config::AuthMode::Jwt => Some(Authenticator::jwt(&settings.auth_secret)),
+            crate::config::AuthMode::Dev => Some(Authenticator::dev()),
+            crate::config::AuthMode::Backend => None,
         };
         Self {
             index,
@@ -207,6 +279,7 @@ impl Shard {
             timer_waker: Cell::new(None),
             timer_armed_at: Cell::new(None),
             handoff: OnceCell::new(),
+            backend: OnceCell::new(),
             next_session: Cell::new(1),
             stopping: Cell::new(false),
             stats,
@@ -216,11 +289,11 @@ impl Shard {
         }
     }
 
-    pub fn add_conn(&self) -> (ConnKey, Rc<ConnSignals>) {
-        let signals = Rc::new(ConnSignals::default());
-        let key = self.conns.borrow_mut().insert(signals.clone());
+    pub fn add_conn(&self) -> (ConnKey, Rc<ConnShared>) {
+        let shared = Rc::new(ConnShared::default());
+        let key = self.conns.borrow_mut().insert(shared.clone());
         self.publish_gauges();
-        (key, signals)
+        (key, shared)
     }
 
     pub fn remove_conn(&self, key: ConnKey) {
@@ -236,15 +309,20 @@ impl Shard {
         self.connections() >= self.max_connections
     }
 
+    /// The shared part of a live connection.
+    pub fn conn(&self, key: ConnKey) -> Option<Rc<ConnShared>> {
+        self.conns.borrow().get(key).cloned()
+    }
+
     pub fn kick(&self, key: ConnKey, reason: KickReason) {
-        if let Some(signals) = self.conns.borrow().get(key) {
-            signals.request_kick(reason);
+        if let Some(shared) = self.conns.borrow().get(key) {
+            shared.request_kick(reason);
         }
     }
 
     pub fn kick_all(&self, reason: KickReason) {
-        for (_, signals) in &self.conns.borrow().slots {
-            if let Some(s) = signals {
+        for (_, shared) in &self.conns.borrow().slots {
+            if let Some(s) = shared {
                 s.request_kick(reason);
             }
         }
@@ -302,8 +380,8 @@ impl Shard {
         loop {
             let expired = self.wheel.borrow_mut().poll_expired(now);
             let Some((_, key)) = expired else { break };
-            if let Some(signals) = self.conns.borrow().get(key) {
-                signals.mark_timer_due();
+            if let Some(shared) = self.conns.borrow().get(key) {
+                shared.mark_timer_due();
             }
         }
         let next = self.wheel.borrow().poll_timeout();

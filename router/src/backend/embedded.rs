@@ -1,0 +1,351 @@
+//! The embedded plug-in: the reference IM logic run as partitions inside the gate's shards.
+//!
+//! `backend.partitions` partitions (fixed for the life of the data) are hosted round-robin:
+//! partition `p` lives on shard `p % shards`, so changing the shard count moves partitions
+//! between shards but never re-hashes data. No extra thread competes for cores: a partition runs
+//! on its host shard's executor, between connection tasks.
+//!
+//! Routing (all through one bounded glommio `channel_mesh` of [`Envelope`]s): a request goes to
+//! its first partition ([`crate::im::route`]); partition outputs go to other partitions, answers
+//! to the origin shard, downlink to the shards that own the recipients (split per shard, so a
+//! deliver to many users crosses to each shard once). Work for partitions of the local shard is
+//! run inline, iteratively.
+//!
+//! Full-channel policy, so no two full channels can ever deadlock (nothing ever *waits* to send
+//! from a receiving task):
+//! - a new request whose first hop would cross a full channel — or arrives while any internal
+//!   hop of this shard is waiting — is refused ([`Unavailable`] → BACKEND_UNAVAILABLE);
+//! - an internal hop (partition to partition, answers, downlink) that meets a full channel is
+//!   parked in that destination's spill queue, which a per-destination task drains with an
+//!   awaiting send. Spill is bounded by the fan-out of the requests already admitted, because
+//!   the edge refuses new ones while anything is parked.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use glommio::GlommioError;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+
+use super::{Backend, Downlink, GateSink, Origin, Reply, Request, Unavailable};
+use crate::im::{ImConfig, Input, Output, Partition, PartitionId, mix64, route, route_presence};
+use crate::link;
+
+/// What crosses between shards.
+#[derive(Debug)]
+pub enum Envelope {
+    ToPartition {
+        partition: PartitionId,
+        input: Input,
+    },
+    Reply {
+        origin: Origin,
+        reply: Reply,
+    },
+    Downlink(Downlink),
+}
+
+/// The mesh every shard joins; build one per gate with [`mesh`] and clone it into each shard.
+pub type Mesh = MeshBuilder<Envelope, Full>;
+
+/// The mesh for `shards` shards with `capacity` messages per channel.
+pub fn mesh(shards: usize, capacity: usize) -> Mesh {
+    MeshBuilder::full(shards, capacity)
+}
+
+/// The gate shard that owns `uid`'s sessions (the gate's own `owner_shard`).
+pub fn gate_shard_of(uid: u64, shards: u32) -> u32 {
+    (mix64(uid) % u64::from(shards.max(1))) as u32
+}
+
+/// One shard's part of the embedded backend.
+pub struct EmbeddedShard {
+    shard: u32,
+    shards: u32,
+    config: ImConfig,
+    partitions: RefCell<HashMap<PartitionId, Partition>>,
+    senders: Option<Senders<Envelope>>,
+    sink: Weak<dyn GateSink>,
+    /// Internal hops waiting for room in the channel to each shard.
+    spill: Vec<RefCell<VecDeque<Envelope>>>,
+    draining: Vec<Cell<bool>>,
+    parked: Cell<usize>,
+    me: Weak<Self>,
+}
+
+impl EmbeddedShard {
+    /// Joins the mesh (when there is more than one shard), creates the partitions this shard
+    /// hosts and starts receiving. Must run on the shard's executor.
+    pub async fn start(
+        shard: usize,
+        shards: usize,
+        config: ImConfig,
+        mesh: Option<Mesh>,
+        sink: Weak<dyn GateSink>,
+    ) -> Result<Rc<Self>, String> {
+        let (senders, receivers) = match mesh {
+            Some(mesh) => match mesh.join().await {
+                Ok((tx, rx)) => (Some(tx), Some(rx)),
+                Err(e) => return Err(format!("backend mesh: {e}")),
+            },
+            None => (None, None),
+        };
+        let (shard, shards) = (shard as u32, shards.max(1) as u32);
+        let partitions = (0..config.partitions)
+            .filter(|p| p % shards == shard)
+            .map(|p| (p, Partition::new(p, config.clone())))
+            .collect();
+        let this = Rc::new_cyclic(|me| Self {
+            shard,
+            shards,
+            config,
+            partitions: RefCell::new(partitions),
+            senders,
+            sink,
+            spill: (0..shards).map(|_| RefCell::default()).collect(),
+            draining: (0..shards).map(|_| Cell::new(false)).collect(),
+            parked: Cell::new(0),
+            me: me.clone(),
+        });
+        if let Some(mut receivers) = receivers {
+            for (_peer, rx) in receivers.streams() {
+                let this = Rc::downgrade(&this);
+                glommio::spawn_local(async move {
+                    while let Some(envelope) = rx.recv().await {
+                        let Some(this) = this.upgrade() else { break };
+                        this.accept(envelope);
+                    }
+                })
+                .detach();
+            }
+        }
+        Ok(this)
+    }
+
+    /// Partitions hosted here.
+    pub fn hosted(&self) -> Vec<PartitionId> {
+        let mut ids: Vec<_> = self.partitions.borrow().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn host_of(&self, partition: PartitionId) -> u32 {
+        partition % self.shards
+    }
+
+    fn accept(&self, envelope: Envelope) {
+        match envelope {
+            Envelope::ToPartition { partition, input } => self.run(partition, input),
+            Envelope::Reply { origin, reply } => self.to_sink(|s| s.reply(origin, reply)),
+            Envelope::Downlink(d) => self.to_sink(|s| s.downlink(d)),
+        }
+    }
+
+    fn to_sink(&self, f: impl FnOnce(&dyn GateSink)) {
+        if let Some(sink) = self.sink.upgrade() {
+            f(&*sink);
+        }
+    }
+
+    /// Runs `input` on a local partition and everything local it leads to.
+    fn run(&self, partition: PartitionId, input: Input) {
+        let mut work = VecDeque::from([(partition, input)]);
+        let mut out = Vec::new();
+        while let Some((partition, input)) = work.pop_front() {
+            {
+                let mut partitions = self.partitions.borrow_mut();
+                let Some(p) = partitions.get_mut(&partition) else {
+                    tracing::error!(
+                        shard = self.shard,
+                        partition,
+                        "input for a partition not hosted here"
+                    );
+                    continue;
+                };
+                p.handle(input, now_ms(), &mut out);
+            }
+            for output in out.drain(..) {
+                match output {
+                    Output::ToPartition { partition, input } => {
+                        let host = self.host_of(partition);
+                        if host == self.shard {
+                            work.push_back((partition, input));
+                        } else {
+                            self.send(host, Envelope::ToPartition { partition, input });
+                        }
+                    }
+                    Output::Reply { origin, reply } => {
+                        if origin.shard == self.shard {
+                            self.to_sink(|s| s.reply(origin, reply));
+                        } else {
+                            self.send(origin.shard, Envelope::Reply { origin, reply });
+                        }
+                    }
+                    Output::Deliver(d) => self.deliver(d),
+                    Output::Notify(n) => self.notify(n),
+                    Output::ReadReceipt(r) => self.read_receipt(r),
+                    Output::Kick(k) => {
+                        let shard = gate_shard_of(k.uid, self.shards);
+                        self.downlink_to(shard, Downlink::Kick(k));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One Deliver per gate shard, naming only that shard's recipients.
+    fn deliver(&self, d: link::Deliver) {
+        for (shard, recipients) in self.split(&d.recipients) {
+            let part = link::Deliver {
+                msg: d.msg.clone(),
+                recipients,
+                exclude_session: d.exclude_session,
+            };
+            self.downlink_to(shard, Downlink::Deliver(part));
+        }
+    }
+
+    fn notify(&self, n: link::NotifyUsers) {
+        let mut by_shard: Vec<Vec<link::UserConv>> = vec![Vec::new(); self.shards as usize];
+        for update in n.updates {
+            by_shard[gate_shard_of(update.uid, self.shards) as usize].push(update);
+        }
+        for (shard, updates) in by_shard.into_iter().enumerate() {
+            if !updates.is_empty() {
+                self.downlink_to(
+                    shard as u32,
+                    Downlink::Notify(link::NotifyUsers { updates }),
+                );
+            }
+        }
+    }
+
+    fn read_receipt(&self, r: link::ReadReceiptOut) {
+        for (shard, recipients) in self.split(&r.recipients) {
+            let part = link::ReadReceiptOut {
+                recipients,
+                ..r.clone()
+            };
+            self.downlink_to(shard, Downlink::ReadReceipt(part));
+        }
+    }
+
+    fn split(&self, uids: &[u64]) -> Vec<(u32, Vec<u64>)> {
+        let mut by_shard: Vec<Vec<u64>> = vec![Vec::new(); self.shards as usize];
+        for &uid in uids {
+            by_shard[gate_shard_of(uid, self.shards) as usize].push(uid);
+        }
+        by_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, u)| !u.is_empty())
+            .map(|(s, u)| (s as u32, u))
+            .collect()
+    }
+
+    fn downlink_to(&self, shard: u32, downlink: Downlink) {
+        if shard == self.shard {
+            self.to_sink(|s| s.downlink(downlink));
+        } else {
+            self.send(shard, Envelope::Downlink(downlink));
+        }
+    }
+
+    /// An internal hop: never dropped, parked when the channel is full.
+    fn send(&self, dest: u32, envelope: Envelope) {
+        let Some(senders) = &self.senders else {
+            tracing::error!(dest, "cross-shard hop with a single shard");
+            return;
+        };
+        let idx = dest as usize;
+        let mut spill = self.spill[idx].borrow_mut();
+        if spill.is_empty() {
+            match senders.try_send_to(idx, envelope) {
+                Ok(()) => return,
+                Err(GlommioError::WouldBlock(glommio::ResourceType::Channel(back))) => {
+                    spill.push_back(back);
+                }
+                Err(err) => {
+                    tracing::error!(dest, %err, "backend hop lost: peer shard gone");
+                    return;
+                }
+            }
+        } else {
+            spill.push_back(envelope);
+        }
+        self.parked.set(self.parked.get() + 1);
+        drop(spill);
+        self.drain_spill(idx);
+    }
+
+    fn drain_spill(&self, idx: usize) {
+        if self.draining[idx].replace(true) {
+            return;
+        }
+        let this = self.me.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let Some(me) = this.upgrade() else { return };
+                let next = me.spill[idx].borrow_mut().pop_front();
+                let Some(envelope) = next else {
+                    me.draining[idx].set(false);
+                    return;
+                };
+                me.parked.set(me.parked.get() - 1);
+                let Some(senders) = &me.senders else { return };
+                if senders.send_to(idx, envelope).await.is_err() {
+                    tracing::error!(dest = idx, "backend hop lost: peer shard gone");
+                }
+            }
+        })
+        .detach();
+    }
+}
+
+impl Backend for EmbeddedShard {
+    fn submit(&self, origin: Origin, request: Request) -> Result<(), Unavailable> {
+        let partition = route(&request, self.config.partitions);
+        let input = Input::Request { origin, request };
+        let host = self.host_of(partition);
+        if host == self.shard {
+            self.run(partition, input);
+            return Ok(());
+        }
+        if self.parked.get() > 0 {
+            return Err(Unavailable);
+        }
+        let senders = self.senders.as_ref().ok_or(Unavailable)?;
+        senders
+            .try_send_to(host as usize, Envelope::ToPartition { partition, input })
+            .map_err(|_| Unavailable)
+    }
+
+    fn presence(&self, presence: link::Presence) {
+        let partition = route_presence(&presence, self.config.partitions);
+        self.hop_or_run(partition, Input::Presence(presence));
+    }
+
+    fn report(&self, report: link::DeliveryReport) {
+        let partition = crate::im::partition_of_user(report.uid, self.config.partitions);
+        self.hop_or_run(partition, Input::Report(report));
+    }
+}
+
+impl EmbeddedShard {
+    fn hop_or_run(&self, partition: PartitionId, input: Input) {
+        let host = self.host_of(partition);
+        if host == self.shard {
+            self.run(partition, input);
+        } else {
+            self.send(host, Envelope::ToPartition { partition, input });
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
