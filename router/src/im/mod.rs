@@ -15,19 +15,37 @@
 //!   in [`partition_of_user`].
 //!
 //! Flows (each arrow one `Input`; `Origin` rides along so the answer finds its connection):
-//! - SEND: gate → user(from) `Send` [dedup hit: Reply with the original msg_id] →
-//!   conv `Store` → stores, assigns msg_id; emits `Deliver`/`Notify` to the gates, `InboxSet`
-//!   to every member's user partition, `Stored` back to user(from) → records dedup, `Reply`.
+//! - SEND: gate → user(from) `Send` [dedup hit: Reply with the original msg_id; a Store still
+//!   in flight: Reply BACKEND_UNAVAILABLE, retry] → conv `Store` → stores, assigns msg_id; emits
+//!   `Deliver`/`Notify` to the gates, `InboxSet` to every member's user partition, `Stored` back
+//!   to user(from) → records dedup, `Reply`. A refused Store (NOT_FOUND, FORBIDDEN) emits only
+//!   `Stored`, which answers and remembers nothing.
 //! - PULL, READ: gate → conv. READ emits `InboxSet` for the reader and a `ReadReceipt`.
 //! - SYNC, LOGIN, presence, delivery reports: gate → user.
 //! - BIZ group: `create` → user(caller) partition, which mints a group id that hashes to itself;
-//!   `join` / `leave` / `members` → conv(group).
+//!   `join` / `leave` / `members` → conv(group). A join emits `InboxSet` (nothing unread) and a
+//!   leave an `InboxSet` with `latest_msg_id = 0`, which drops the group from the user's SYNC.
+//!
+//! **Host contract**: deliver every `ToPartition` to its partition, and the ones from one
+//! partition to another in the order they were emitted (FIFO per pair of partitions): inbox
+//! values are absolute, so the last one sent must be the last one applied.
+//!
+//! Layout: `ids` (message ids), `conv` (one conversation: messages, cursors, unread, paging),
+//! `user` (inbox, dedup, presence), `biz` (BIZ JSON), `partition` (the state and handlers),
+//! `tests` (a cluster harness on virtual time).
 
-mod ids;
+mod biz;
+mod conv;
+pub mod ids;
 mod partition;
+#[cfg(test)]
+mod tests;
+mod user;
 
 pub use ids::MsgIdGen;
-pub use partition::Partition;
+pub use partition::{
+    DEFAULT_PULL_LIMIT, MAX_GROUP_ID, MAX_PULL_LIMIT, MAX_SYNC_CONVS, Partition, PartitionStats,
+};
 
 use crate::link;
 
@@ -97,6 +115,9 @@ pub struct Origin {
     pub log_id: u32,
 }
 
+/// PROTOCOL.md's dedup window: 24 hours, in ms (the least `ImConfig::dedup_window_ms` may be).
+pub const DEDUP_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
+
 /// Settings of the IM logic.
 #[derive(Debug, Clone)]
 pub struct ImConfig {
@@ -155,7 +176,8 @@ pub enum Input {
         client_msg_id: u64,
         result: link::SendResult,
     },
-    /// conv → user: new (latest_msg_id, unread) of conversations, one entry per user.
+    /// conv → user: new (latest_msg_id, unread) of conversations, one entry per user;
+    /// `latest_msg_id == 0` removes the conversation from that user's inbox.
     InboxSet {
         entries: Vec<link::UserConv>,
     },

@@ -1,17 +1,127 @@
-//! One partition of the reference IM logic (stub).
+//! One partition of the reference IM logic: the state of the conversations and users that hash
+//! to it, and the handlers of every [`Input`] (the flows are in the `im` module doc).
+//!
+//! Owns, all in memory, in plain structs that a log could rebuild:
+//! - conversations: single chats keyed by their two uids and groups keyed by id, each a
+//!   [`Conv`] (messages, per-sender ids, read cursors) — for the conversations whose
+//!   [`partition_of_conv`] is this partition;
+//! - users: the [`Inbox`] SYNC reads, the [`Dedup`] index SEND checks, [`Presence`] — for the
+//!   users whose [`partition_of_user`] is this partition;
+//! - the partition's [`MsgIdGen`] (node = partition id) and group-id counter.
+//!
+//! Invariants: msg ids grow within a conversation (one generator per partition); every inbox
+//! value is the exact (latest, unread) its conversation partition computed last, so SYNC's total
+//! is the sum of the per-conversation unread counts. This relies on the host delivering the
+//! `ToPartition` outputs of one partition to another in the order they were emitted (FIFO per
+//! pair of partitions), which the shard mesh and a link connection both give.
+//!
+//! Work per input is bounded (binary searches, at most 200 pulled messages, at most 1,000 synced
+//! conversations, a few dedup prunes) except fan-out, proportional to the group's size. No input
+//! panics. Time is the `now_ms` argument; this module never reads the clock and never touches
+//! IO.
 
-use super::{ImConfig, Input, Output, PartitionId};
+use std::collections::{BTreeMap, HashMap};
+
+use super::biz::{self, GroupCall};
+use super::conv::{Conv, Page};
+use super::ids::{MAX_NODE, MsgIdGen};
+use super::user::{Dedup, Inbox, Presence, Seen};
+use super::{
+    ConvKey, ImConfig, Input, Origin, Output, PartitionId, Reply, Request, partition_of_conv,
+    partition_of_user,
+};
+use crate::jwt::JwtVerifier;
+use crate::{code, link};
+
+/// PULL `limit` when the request says 0.
+pub const DEFAULT_PULL_LIMIT: usize = 50;
+/// Most messages one PULL returns.
+pub const MAX_PULL_LIMIT: usize = 200;
+/// Most conversations one SYNC returns (also when the request says 0).
+pub const MAX_SYNC_CONVS: usize = 1000;
+/// Group ids stay below 2^53 so JavaScript clients hold them exactly.
+pub const MAX_GROUP_ID: u64 = (1 << 53) - 1;
+/// Candidate group ids tried per `group.create` (each hits this partition with probability
+/// 1/partitions, so running out is vanishingly rare).
+const GROUP_ID_TRIES: u32 = 1 << 16;
+
+/// A group: its name and its conversation (whose readers are exactly its members).
+#[derive(Debug)]
+struct Group {
+    name: String,
+    conv: Conv,
+}
+
+/// Counters of one partition's state, for the admin endpoint and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub single_convs: usize,
+    pub groups: usize,
+    pub messages: usize,
+    pub inboxes: usize,
+    pub dedup_entries: usize,
+    pub online_users: usize,
+    pub delivered: u64,
+    pub undelivered: u64,
+}
+
+/// A refusal: result code and message.
+type Refusal = (u32, &'static str);
+
+const BAD_CONV_TYPE: Refusal = (
+    code::BAD_REQUEST,
+    "conv_type must be 1 (single) or 2 (group)",
+);
+const NO_GROUP: Refusal = (code::NOT_FOUND, "no such group");
+const NOT_MEMBER: Refusal = (code::FORBIDDEN, "not a member of the group");
 
 /// One partition's state.
 #[derive(Debug)]
 pub struct Partition {
     id: PartitionId,
     config: ImConfig,
+    /// `None` when `auth_secret` is empty: every token is refused.
+    verifier: Option<JwtVerifier>,
+    ids: MsgIdGen,
+    singles: HashMap<(u64, u64), Conv>,
+    groups: HashMap<u64, Group>,
+    /// Last group-id counter used (see [`Partition::mint_group_id`]).
+    group_counter: u64,
+    inboxes: HashMap<u64, Inbox>,
+    dedup: Dedup,
+    presence: Presence,
+    delivered: u64,
+    undelivered: u64,
 }
 
 impl Partition {
+    /// Partition `id` of `config.partitions`.
+    ///
+    /// # Panics
+    /// If `config.partitions` is not in `1..=1024` or `id >= config.partitions`: the gate's
+    /// configuration validates both, so this is an invariant, not input.
     pub fn new(id: PartitionId, config: ImConfig) -> Self {
-        Self { id, config }
+        assert!(
+            (1..=MAX_NODE + 1).contains(&config.partitions) && id < config.partitions,
+            "partition {id} of {}: partitions must be 1..=1024",
+            config.partitions
+        );
+        let verifier =
+            (!config.auth_secret.is_empty()).then(|| JwtVerifier::new(&config.auth_secret));
+        Self {
+            id,
+            ids: MsgIdGen::new(id),
+            verifier,
+            singles: HashMap::new(),
+            groups: HashMap::new(),
+            group_counter: 0,
+            inboxes: HashMap::new(),
+            dedup: Dedup::new(config.dedup_window_ms),
+            presence: Presence::default(),
+            delivered: 0,
+            undelivered: 0,
+            config,
+        }
     }
 
     pub fn id(&self) -> PartitionId {
@@ -22,8 +132,467 @@ impl Partition {
         &self.config
     }
 
+    /// Counters of the state held; walks every conversation (O(conversations)), so for the
+    /// admin endpoint, not the message path.
+    pub fn stats(&self) -> PartitionStats {
+        PartitionStats {
+            single_convs: self.singles.len(),
+            groups: self.groups.len(),
+            messages: self.singles.values().map(Conv::len).sum::<usize>()
+                + self.groups.values().map(|g| g.conv.len()).sum::<usize>(),
+            inboxes: self.inboxes.len(),
+            dedup_entries: self.dedup.len(),
+            online_users: self.presence.online_users(),
+            delivered: self.delivered,
+            undelivered: self.undelivered,
+        }
+    }
+
+    /// The name of group `gid`, if it lives here.
+    pub fn group_name(&self, gid: u64) -> Option<&str> {
+        self.groups.get(&gid).map(|g| g.name.as_str())
+    }
+
+    /// The online session ids of `uid` (a user of this partition), ascending.
+    pub fn online_sessions(&self, uid: u64) -> impl Iterator<Item = u64> + '_ {
+        self.presence.sessions(uid)
+    }
+
     /// Handles one input at `now_ms` (unix milliseconds), appending what the host must do.
     pub fn handle(&mut self, input: Input, now_ms: u64, out: &mut Vec<Output>) {
-        let _ = (input, now_ms, out);
+        self.dedup.prune(now_ms);
+        match input {
+            Input::Request { origin, request } => self.request(origin, request, now_ms, out),
+            Input::Presence(p) => self.presence.apply(&p),
+            Input::Report(r) => {
+                self.delivered = self.delivered.saturating_add(r.delivered.len() as u64);
+                self.undelivered = self.undelivered.saturating_add(r.undelivered.len() as u64);
+            }
+            Input::Store { origin, send } => {
+                let result = self.store(&send, now_ms, out);
+                out.push(Output::ToPartition {
+                    partition: partition_of_user(send.from, self.config.partitions),
+                    input: Input::Stored {
+                        origin,
+                        from: send.from,
+                        client_msg_id: send.client_msg_id,
+                        result,
+                    },
+                });
+            }
+            Input::Stored {
+                origin,
+                from,
+                client_msg_id,
+                result,
+            } => {
+                let stored =
+                    (result.code == code::OK).then_some((result.msg_id, result.server_time_ms));
+                self.dedup.finish((from, client_msg_id), stored, now_ms);
+                out.push(Output::Reply {
+                    origin,
+                    reply: Reply::Send(result),
+                });
+            }
+            Input::InboxSet { entries } => {
+                for entry in entries {
+                    let Some(state) = entry.conv else { continue };
+                    let inbox = self.inboxes.entry(entry.uid).or_default();
+                    inbox.set(state);
+                    if inbox.is_empty() {
+                        self.inboxes.remove(&entry.uid);
+                    }
+                }
+            }
+        }
     }
+
+    fn request(&mut self, origin: Origin, request: Request, now_ms: u64, out: &mut Vec<Output>) {
+        let reply = match request {
+            Request::Login(login) => Reply::Login(self.login(&login, now_ms)),
+            Request::Send(send) => match self.send(origin, send, now_ms, out) {
+                Some(result) => Reply::Send(result),
+                None => return, // forwarded to the conversation; answered on Stored
+            },
+            Request::Pull(pull) => Reply::Pull(self.pull(&pull)),
+            Request::Read(read) => Reply::Read(self.read(&read, out)),
+            Request::Sync(sync) => Reply::Sync(self.sync(&sync)),
+            Request::Biz(call) => Reply::Biz(self.biz(&call, out)),
+        };
+        out.push(Output::Reply { origin, reply });
+    }
+
+    // ---- user partition ---------------------------------------------------------------------
+
+    fn login(&self, login: &link::Login, now_ms: u64) -> link::LoginResult {
+        let (code, message) = if login.uid == 0 {
+            (code::BAD_REQUEST, "uid 0 is invalid".to_owned())
+        } else {
+            match &self.verifier {
+                None => (
+                    code::UNAUTHENTICATED,
+                    "backend auth secret not configured".to_owned(),
+                ),
+                Some(v) => match v.verify(login.uid, &login.token, now_ms / 1000) {
+                    Ok(()) => (code::OK, String::new()),
+                    Err(e) => (e.code(), e.to_string()),
+                },
+            }
+        };
+        link::LoginResult { code, message }
+    }
+
+    /// SEND at user(from): `Some(answer)` now, or `None` after forwarding a Store.
+    fn send(
+        &mut self,
+        origin: Origin,
+        send: link::Send,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Option<link::SendResult> {
+        let conv = match check_send(&send) {
+            Ok(conv) => conv,
+            Err((code, message)) => return Some(send_refused(code, message)),
+        };
+        let key = (send.from, send.client_msg_id);
+        match self.dedup.check(key, now_ms) {
+            Seen::Stored {
+                msg_id,
+                server_time_ms,
+            } => Some(link::SendResult {
+                code: code::OK,
+                msg_id,
+                server_time_ms,
+                message: String::new(),
+            }),
+            Seen::Pending => Some(send_refused(
+                code::BACKEND_UNAVAILABLE,
+                "retry: this client_msg_id is being stored",
+            )),
+            Seen::New => {
+                self.dedup.mark_pending(key);
+                out.push(Output::ToPartition {
+                    partition: partition_of_conv(conv, self.config.partitions),
+                    input: Input::Store { origin, send },
+                });
+                None
+            }
+        }
+    }
+
+    fn sync(&self, sync: &link::Sync) -> link::SyncResult {
+        let max_convs = match sync.max_convs {
+            0 => MAX_SYNC_CONVS,
+            n => (n as usize).min(MAX_SYNC_CONVS),
+        };
+        let Some(inbox) = self.inboxes.get(&sync.uid) else {
+            return link::SyncResult::default();
+        };
+        let (convs, has_more) = inbox.newest(max_convs, sync.max_bytes as usize);
+        link::SyncResult {
+            code: code::OK,
+            convs,
+            total_unread: u32::try_from(inbox.total_unread()).unwrap_or(u32::MAX),
+            has_more,
+        }
+    }
+
+    // ---- conversation partition -------------------------------------------------------------
+
+    /// Store at the conversation's partition: stores and fans out, or refuses.
+    fn store(&mut self, send: &link::Send, now_ms: u64, out: &mut Vec<Output>) -> link::SendResult {
+        let key = match check_send(send) {
+            Ok(key) => key,
+            Err((code, message)) => return send_refused(code, message),
+        };
+        let conv = match key {
+            ConvKey::Single { low, high } => self
+                .singles
+                .entry((low, high))
+                .or_insert_with(|| Conv::with_readers([low, high])),
+            ConvKey::Group(gid) => match self.groups.get_mut(&gid) {
+                None => return send_refused(NO_GROUP.0, NO_GROUP.1),
+                Some(g) if !g.conv.is_reader(send.from) => {
+                    return send_refused(NOT_MEMBER.0, NOT_MEMBER.1);
+                }
+                Some(g) => &mut g.conv,
+            },
+        };
+        let msg = link::Msg {
+            msg_id: self.ids.next(now_ms),
+            conv_type: send.conv_type,
+            from: send.from,
+            to: send.to,
+            content_type: send.content_type,
+            body: send.body.clone(),
+            server_time_ms: now_ms,
+            client_msg_id: send.client_msg_id,
+        };
+        conv.push(msg.clone());
+        let result = link::SendResult {
+            code: code::OK,
+            msg_id: msg.msg_id,
+            server_time_ms: now_ms,
+            message: String::new(),
+        };
+
+        let states: Vec<link::UserConv> = conv
+            .readers()
+            .map(|uid| user_conv(conv, key, uid))
+            .collect();
+        let exclude_session = send.session_id;
+        match key {
+            ConvKey::Single { .. } => {
+                let mut recipients = vec![msg.to, msg.from];
+                recipients.dedup();
+                out.push(Output::Deliver(link::Deliver {
+                    msg: Some(msg),
+                    recipients,
+                    exclude_session,
+                }));
+            }
+            ConvKey::Group(_) if conv.reader_count() <= self.config.push_threshold as usize => {
+                out.push(Output::Deliver(link::Deliver {
+                    msg: Some(msg),
+                    recipients: conv.readers().collect(),
+                    exclude_session,
+                }));
+            }
+            ConvKey::Group(_) => out.push(Output::Notify(link::NotifyUsers {
+                updates: states.clone(),
+            })),
+        }
+        inbox_set(states, self.config.partitions, out);
+        result
+    }
+
+    /// Group membership check for PULL and READ; single chats are open to both parties by
+    /// construction (the key is built from the caller's uid).
+    fn access(&self, key: ConvKey, uid: u64) -> Result<(), Refusal> {
+        if let ConvKey::Group(gid) = key {
+            match self.groups.get(&gid) {
+                None => return Err(NO_GROUP),
+                Some(g) if !g.conv.is_reader(uid) => return Err(NOT_MEMBER),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn conv(&self, key: ConvKey) -> Option<&Conv> {
+        match key {
+            ConvKey::Single { low, high } => self.singles.get(&(low, high)),
+            ConvKey::Group(gid) => self.groups.get(&gid).map(|g| &g.conv),
+        }
+    }
+
+    fn conv_mut(&mut self, key: ConvKey) -> Option<&mut Conv> {
+        match key {
+            ConvKey::Single { low, high } => self.singles.get_mut(&(low, high)),
+            ConvKey::Group(gid) => self.groups.get_mut(&gid).map(|g| &mut g.conv),
+        }
+    }
+
+    fn pull(&self, pull: &link::Pull) -> link::PullResult {
+        let refused = |(code, message): Refusal| link::PullResult {
+            code,
+            message: message.to_owned(),
+            ..Default::default()
+        };
+        let Some(key) = ConvKey::seen_by(pull.uid, pull.conv_type, pull.conv_id) else {
+            return refused(BAD_CONV_TYPE);
+        };
+        if let Err(refusal) = self.access(key, pull.uid) {
+            return refused(refusal);
+        }
+        let Some(conv) = self.conv(key) else {
+            return link::PullResult::default(); // a single chat with no messages yet
+        };
+        let limit = match pull.limit {
+            0 => DEFAULT_PULL_LIMIT,
+            n => (n as usize).min(MAX_PULL_LIMIT),
+        };
+        let page = match pull.before_msg_id {
+            0 => Page::After(pull.after_msg_id),
+            before => Page::Before(before),
+        };
+        let (msgs, has_more) = conv.page(page, limit, pull.max_bytes as usize);
+        link::PullResult {
+            code: code::OK,
+            msgs,
+            has_more,
+            message: String::new(),
+        }
+    }
+
+    fn read(&mut self, read: &link::Read, out: &mut Vec<Output>) -> link::ReadResult {
+        let refused = |(code, message): Refusal| link::ReadResult {
+            code,
+            message: message.to_owned(),
+        };
+        let Some(key) = ConvKey::seen_by(read.uid, read.conv_type, read.conv_id) else {
+            return refused(BAD_CONV_TYPE);
+        };
+        if let Err(refusal) = self.access(key, read.uid) {
+            return refused(refusal);
+        }
+        let partitions = self.config.partitions;
+        let Some(conv) = self.conv_mut(key) else {
+            return link::ReadResult::default(); // nothing to read yet
+        };
+        let Some(applied) = conv.read(read.uid, read.read_up_to) else {
+            return link::ReadResult::default(); // moved nothing: OK, nothing sent
+        };
+        inbox_set(vec![user_conv(conv, key, read.uid)], partitions, out);
+        let recipients = match key {
+            ConvKey::Single { .. } if read.conv_id != read.uid => vec![read.conv_id, read.uid],
+            _ => vec![read.uid],
+        };
+        out.push(Output::ReadReceipt(link::ReadReceiptOut {
+            conv_type: read.conv_type,
+            reader: read.uid,
+            peer: read.conv_id,
+            read_up_to: applied,
+            recipients,
+            exclude_session: read.session_id,
+        }));
+        link::ReadResult::default()
+    }
+
+    // ---- BIZ ----------------------------------------------------------------------------------
+
+    fn biz(&mut self, call: &link::Biz, out: &mut Vec<Output>) -> link::BizResult {
+        if call.uid == 0 {
+            return biz::refuse(code::BAD_REQUEST, "uid 0 is invalid");
+        }
+        let call_uid = call.uid;
+        match biz::parse(call) {
+            Err(e) => biz::refuse(e.code(), e.to_string()),
+            Ok(GroupCall::Create { name, members }) => {
+                let Some(group_id) = self.mint_group_id() else {
+                    return biz::refuse(code::INTERNAL, "no group id left in this partition");
+                };
+                let conv = Conv::with_readers(members.into_iter().chain([call_uid]));
+                self.groups.insert(group_id, Group { name, conv });
+                biz::ok(&biz::Created { group_id })
+            }
+            Ok(GroupCall::Join(gid)) => {
+                let Some(group) = self.groups.get_mut(&gid) else {
+                    return biz::refuse(NO_GROUP.0, NO_GROUP.1);
+                };
+                if group.conv.add_reader(call_uid) && group.conv.latest() != 0 {
+                    let state = user_conv(&group.conv, ConvKey::Group(gid), call_uid);
+                    inbox_set(vec![state], self.config.partitions, out);
+                }
+                biz::ok(&biz::Empty {})
+            }
+            Ok(GroupCall::Leave(gid)) => {
+                let Some(group) = self.groups.get_mut(&gid) else {
+                    return biz::refuse(NO_GROUP.0, NO_GROUP.1);
+                };
+                if group.conv.remove_reader(call_uid) && group.conv.latest() != 0 {
+                    // latest_msg_id 0: drop the group from the user's inbox.
+                    let gone = link::UserConv {
+                        uid: call_uid,
+                        conv: Some(link::ConvState {
+                            conv_type: crate::conv::GROUP,
+                            conv_id: gid,
+                            latest_msg_id: 0,
+                            unread: 0,
+                        }),
+                    };
+                    inbox_set(vec![gone], self.config.partitions, out);
+                }
+                biz::ok(&biz::Empty {})
+            }
+            Ok(GroupCall::Members(gid)) => match self.groups.get(&gid) {
+                None => biz::refuse(NO_GROUP.0, NO_GROUP.1),
+                Some(group) => biz::ok(&biz::Members {
+                    members: group.conv.readers().collect(),
+                }),
+            },
+        }
+    }
+
+    /// A new group id that lives in this partition: `counter * partitions + id` for the next
+    /// counter whose id hashes here (`partition_of_conv`), so ids are non-zero, unique across
+    /// partitions (the remainder is the partition) and below 2^53. `None` when exhausted.
+    fn mint_group_id(&mut self) -> Option<u64> {
+        let partitions = u64::from(self.config.partitions);
+        for _ in 0..GROUP_ID_TRIES {
+            self.group_counter += 1;
+            let gid = self
+                .group_counter
+                .checked_mul(partitions)?
+                .checked_add(u64::from(self.id))?;
+            if gid > MAX_GROUP_ID {
+                return None;
+            }
+            if partition_of_conv(ConvKey::Group(gid), self.config.partitions) == self.id
+                && !self.groups.contains_key(&gid)
+            {
+                return Some(gid);
+            }
+        }
+        None
+    }
+}
+
+/// Validates a SEND (at the user partition, and again at the conversation partition) and names
+/// its conversation.
+fn check_send(send: &link::Send) -> Result<ConvKey, Refusal> {
+    if send.client_msg_id == 0 {
+        return Err((code::BAD_REQUEST, "client_msg_id must be non-zero"));
+    }
+    if send.from == 0 {
+        return Err((code::BAD_REQUEST, "from must be a uid"));
+    }
+    if send.to == 0 {
+        return Err((code::BAD_REQUEST, "to must be a uid or a group id"));
+    }
+    ConvKey::seen_by(send.from, send.conv_type, send.to).ok_or(BAD_CONV_TYPE)
+}
+
+fn send_refused(code: u32, message: &str) -> link::SendResult {
+    link::SendResult {
+        code,
+        message: message.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// `conv` as `uid` sees it: conv_id is the other party (single) or the group id.
+fn user_conv(conv: &Conv, key: ConvKey, uid: u64) -> link::UserConv {
+    let (conv_type, conv_id) = match key {
+        ConvKey::Single { low, high } => (crate::conv::SINGLE, if uid == low { high } else { low }),
+        ConvKey::Group(gid) => (crate::conv::GROUP, gid),
+    };
+    link::UserConv {
+        uid,
+        conv: Some(link::ConvState {
+            conv_type,
+            conv_id,
+            latest_msg_id: conv.latest(),
+            unread: conv.unread(uid),
+        }),
+    }
+}
+
+/// One `InboxSet` per user partition, entries in uid order.
+fn inbox_set(entries: Vec<link::UserConv>, partitions: u32, out: &mut Vec<Output>) {
+    let mut by_partition: BTreeMap<PartitionId, Vec<link::UserConv>> = BTreeMap::new();
+    for entry in entries {
+        by_partition
+            .entry(partition_of_user(entry.uid, partitions))
+            .or_default()
+            .push(entry);
+    }
+    out.extend(
+        by_partition
+            .into_iter()
+            .map(|(partition, entries)| Output::ToPartition {
+                partition,
+                input: Input::InboxSet { entries },
+            }),
+    );
 }

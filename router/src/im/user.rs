@@ -1,0 +1,306 @@
+//! Per-user state inside the user's partition: the inbox SYNC reads, the sender-keyed dedup
+//! index SEND checks, and the online sessions.
+//!
+//! - [`Inbox`]: one user's conversations that hold messages, each with the `ConvState` its
+//!   conversation partition last sent (`InboxSet`), an index newest first, and the running
+//!   `total_unread` (invariant: equals the sum of the entries' `unread`).
+//! - [`Dedup`]: `(uid, client_msg_id)` → pending (a Store is in flight) or the stored
+//!   `(msg_id, server_time_ms)`. A stored entry lives at least the window, then is pruned lazily
+//!   from a FIFO of `(recorded_at, key)` (a bounded number per input) and ignored on lookup once
+//!   expired. A pending mark lasts until its `Stored` comes back, which every `Store` emits
+//!   (refused or not), so pending marks are bounded by the Stores in flight.
+//! - [`Presence`]: uid → online session ids.
+//!
+//! Driven by the partition with `now` passed in; never touches IO or the clock.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use prost::Message as _;
+
+use crate::link;
+
+/// Bytes counted per SYNC entry on top of its encoded length (field tag and length prefix).
+pub const SYNC_OVERHEAD: usize = 3;
+
+/// Inbox key: (conv_type, conv_id as the user sees it).
+type InboxKey = (u32, u64);
+
+/// One user's conversations, as SYNC returns them.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    convs: HashMap<InboxKey, link::ConvState>,
+    /// (newest first, key): the order SYNC walks.
+    order: BTreeSet<(Reverse<u64>, InboxKey)>,
+    total_unread: u64,
+}
+
+impl Inbox {
+    /// Applies one conversation's new state. `latest_msg_id == 0` removes the conversation (it
+    /// holds no messages for this user any more, e.g. the user left the group).
+    pub fn set(&mut self, state: link::ConvState) {
+        let key = (state.conv_type, state.conv_id);
+        if let Some(old) = self.convs.remove(&key) {
+            self.order.remove(&(Reverse(old.latest_msg_id), key));
+            self.total_unread = self.total_unread.saturating_sub(u64::from(old.unread));
+        }
+        if state.latest_msg_id == 0 {
+            return;
+        }
+        self.order.insert((Reverse(state.latest_msg_id), key));
+        self.total_unread += u64::from(state.unread);
+        self.convs.insert(key, state);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.convs.is_empty()
+    }
+
+    /// Number of conversations.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.convs.len()
+    }
+
+    /// Sum of `unread` over every conversation.
+    pub fn total_unread(&self) -> u64 {
+        self.total_unread
+    }
+
+    /// Newest first: at most `max_convs`, their `encoded_len + SYNC_OVERHEAD` summing to at most
+    /// `max_bytes` (0: no byte cap); and whether some were left out.
+    pub fn newest(&self, max_convs: usize, max_bytes: usize) -> (Vec<link::ConvState>, bool) {
+        let mut convs = Vec::new();
+        let mut bytes = 0usize;
+        for (_, key) in &self.order {
+            if convs.len() >= max_convs {
+                return (convs, true);
+            }
+            // Invariant: `order` and `convs` hold the same keys.
+            let Some(state) = self.convs.get(key) else {
+                debug_assert!(false, "inbox index out of step");
+                continue;
+            };
+            let size = state.encoded_len() + SYNC_OVERHEAD;
+            if max_bytes != 0 && bytes + size > max_bytes {
+                return (convs, true);
+            }
+            bytes += size;
+            convs.push(*state);
+        }
+        (convs, false)
+    }
+}
+
+/// What the dedup index knows about one `(uid, client_msg_id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Never seen (or expired): store it.
+    New,
+    /// A Store is in flight: the client should retry.
+    Pending,
+    /// Stored: answer with the original id and time.
+    Stored { msg_id: u64, server_time_ms: u64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum DedupEntry {
+    Pending,
+    Stored {
+        msg_id: u64,
+        server_time_ms: u64,
+        recorded_at: u64,
+    },
+}
+
+/// Sender-keyed dedup: `(uid, client_msg_id)` → pending or stored (see the module doc).
+#[derive(Debug)]
+pub struct Dedup {
+    window_ms: u64,
+    entries: HashMap<(u64, u64), DedupEntry>,
+    /// `(recorded_at, key)` of every stored entry, oldest first.
+    fifo: VecDeque<(u64, (u64, u64))>,
+}
+
+/// Expired entries pruned per input at most: more than the one entry an input can add, so the
+/// FIFO drains while each input's work stays bounded.
+const PRUNE_PER_INPUT: usize = 8;
+
+impl Dedup {
+    pub fn new(window_ms: u64) -> Self {
+        Self {
+            window_ms,
+            entries: HashMap::new(),
+            fifo: VecDeque::new(),
+        }
+    }
+
+    fn expired(&self, recorded_at: u64, now_ms: u64) -> bool {
+        now_ms.saturating_sub(recorded_at) >= self.window_ms
+    }
+
+    /// What is known about `key` at `now_ms`.
+    pub fn check(&self, key: (u64, u64), now_ms: u64) -> Seen {
+        match self.entries.get(&key) {
+            None => Seen::New,
+            Some(DedupEntry::Pending) => Seen::Pending,
+            Some(&DedupEntry::Stored {
+                msg_id,
+                server_time_ms,
+                recorded_at,
+            }) => {
+                if self.expired(recorded_at, now_ms) {
+                    Seen::New
+                } else {
+                    Seen::Stored {
+                        msg_id,
+                        server_time_ms,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks `key` as having a Store in flight (replacing an expired entry).
+    pub fn mark_pending(&mut self, key: (u64, u64)) {
+        self.entries.insert(key, DedupEntry::Pending);
+    }
+
+    /// The Store for `key` ended: with `Some((msg_id, server_time_ms))` remember it from
+    /// `now_ms` on; with `None` (refused) forget the pending mark.
+    pub fn finish(&mut self, key: (u64, u64), stored: Option<(u64, u64)>, now_ms: u64) {
+        match stored {
+            Some((msg_id, server_time_ms)) => {
+                self.entries.insert(
+                    key,
+                    DedupEntry::Stored {
+                        msg_id,
+                        server_time_ms,
+                        recorded_at: now_ms,
+                    },
+                );
+                self.fifo.push_back((now_ms, key));
+            }
+            None => {
+                if let Entry::Occupied(e) = self.entries.entry(key)
+                    && matches!(e.get(), DedupEntry::Pending)
+                {
+                    e.remove();
+                }
+            }
+        }
+    }
+
+    /// Forgets at most [`PRUNE_PER_INPUT`] expired entries, oldest first.
+    pub fn prune(&mut self, now_ms: u64) {
+        for _ in 0..PRUNE_PER_INPUT {
+            let Some(&(recorded_at, key)) = self.fifo.front() else {
+                return;
+            };
+            if !self.expired(recorded_at, now_ms) {
+                return;
+            }
+            self.fifo.pop_front();
+            // The key may have been stored again since (after expiring, or a Pending now):
+            // only remove the entry this FIFO slot recorded.
+            if let Entry::Occupied(e) = self.entries.entry(key)
+                && matches!(*e.get(), DedupEntry::Stored { recorded_at: r, .. } if r == recorded_at)
+            {
+                e.remove();
+            }
+        }
+    }
+
+    /// Entries held (pending and stored, expired or not yet pruned).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// uid → the session ids online.
+#[derive(Debug, Default)]
+pub struct Presence {
+    online: HashMap<u64, BTreeSet<u64>>,
+}
+
+impl Presence {
+    pub fn apply(&mut self, p: &link::Presence) {
+        if p.online {
+            self.online.entry(p.uid).or_default().insert(p.session_id);
+        } else if let Entry::Occupied(mut e) = self.online.entry(p.uid) {
+            e.get_mut().remove(&p.session_id);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+    }
+
+    /// `uid`'s online sessions, ascending.
+    pub fn sessions(&self, uid: u64) -> impl Iterator<Item = u64> + '_ {
+        self.online.get(&uid).into_iter().flatten().copied()
+    }
+
+    /// Users with at least one online session.
+    pub fn online_users(&self) -> usize {
+        self.online.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(conv_id: u64, latest: u64, unread: u32) -> link::ConvState {
+        link::ConvState {
+            conv_type: 1,
+            conv_id,
+            latest_msg_id: latest,
+            unread,
+        }
+    }
+
+    #[test]
+    fn inbox_total_follows_every_update_and_removal() {
+        let mut inbox = Inbox::default();
+        inbox.set(state(1, 10, 2));
+        inbox.set(state(2, 20, 3));
+        inbox.set(state(1, 30, 1));
+        assert_eq!(inbox.total_unread(), 4);
+        let (convs, more) = inbox.newest(10, 0);
+        assert_eq!(convs, [state(1, 30, 1), state(2, 20, 3)]);
+        assert!(!more);
+        inbox.set(state(2, 0, 0));
+        assert_eq!(inbox.total_unread(), 1);
+        assert_eq!(inbox.len(), 1);
+    }
+
+    #[test]
+    fn dedup_entry_is_pruned_after_the_window_but_not_a_newer_one() {
+        let mut d = Dedup::new(100);
+        d.mark_pending((1, 7));
+        assert_eq!(d.check((1, 7), 0), Seen::Pending);
+        d.finish((1, 7), Some((55, 5)), 0);
+        assert_eq!(
+            d.check((1, 7), 99),
+            Seen::Stored {
+                msg_id: 55,
+                server_time_ms: 5
+            }
+        );
+        assert_eq!(d.check((1, 7), 100), Seen::New);
+        // Stored again after expiry, before the old FIFO slot was pruned.
+        d.mark_pending((1, 7));
+        d.finish((1, 7), Some((66, 150)), 150);
+        d.prune(150);
+        assert_eq!(
+            d.check((1, 7), 150),
+            Seen::Stored {
+                msg_id: 66,
+                server_time_ms: 150
+            }
+        );
+        d.prune(250);
+        assert_eq!(d.len(), 0);
+    }
+}
