@@ -293,3 +293,444 @@ pub mod jwt {
         )
     }
 }
+
+/// The message path (SEND, PUSH, ACK, NOTIFY, PULL, READ, READ_RECEIPT, SYNC, BIZ): requests
+/// that return their decoded response whatever its `code`, `*_ok` variants that also assert
+/// code 0, and waits for server-initiated frames, each bounded by [`WAIT`].
+///
+/// BIZ_PUSH notifies are skipped wherever a test waits for the next frame: PROTOCOL.md does not
+/// say when the reference backend sends them (e.g. on group changes), and a client ignores
+/// topics it does not know.
+pub mod im {
+    use std::collections::BTreeSet;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use gate::client::{Client, ClientError, decode_body, expect_response};
+    use gate::protocol::{Frame, MsgType, cmd, pb};
+    use gate::shard::owner_shard;
+
+    use super::WAIT;
+
+    /// Shards of every test gate (`gate.shards` in the base config).
+    pub const SHARDS: usize = 2;
+    /// `conv_type` of a single chat.
+    pub const SINGLE: u32 = 1;
+    /// `conv_type` of a group chat.
+    pub const GROUP: u32 = 2;
+    /// `content_type` the tests send (PROTOCOL.md leaves its values to the application).
+    pub const TEXT: u32 = 1;
+
+    /// Response codes (PROTOCOL.md "Codes").
+    pub mod code {
+        pub const OK: u32 = 0;
+        pub const BAD_REQUEST: u32 = 1;
+        pub const UNAUTHENTICATED: u32 = 2;
+        pub const FORBIDDEN: u32 = 3;
+        pub const TOO_LARGE: u32 = 6;
+        pub const NOT_FOUND: u32 = 11;
+    }
+
+    /// How long a connection must stay silent, after a PING answered in order, before the tests
+    /// conclude that nothing more is coming.
+    pub const QUIET: Duration = Duration::from_millis(200);
+
+    /// The first `n` uids at or after `from` that live on `shard`.
+    pub fn uids_on(shard: usize, from: u64, n: usize) -> Vec<u64> {
+        (from..)
+            .filter(|uid| owner_shard(*uid, SHARDS) == shard)
+            .take(n)
+            .collect()
+    }
+
+    /// The first uid at or after `from` that lives on `shard`.
+    pub fn uid_on(shard: usize, from: u64) -> u64 {
+        uids_on(shard, from, 1)[0]
+    }
+
+    /// A deterministic source of `client_msg_id`s: splitmix64 of a process-wide counter, so
+    /// every id is distinct (splitmix64 is a bijection), looks like the 64 random bits the
+    /// protocol asks for, and is never 0.
+    pub fn client_msg_id() -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        loop {
+            let mut z = NEXT
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            if z != 0 {
+                return z;
+            }
+        }
+    }
+
+    /// A SEND of `body` with content type [`TEXT`].
+    pub fn send_req(conv_type: u32, to: u64, client_msg_id: u64, body: &[u8]) -> pb::SendReq {
+        pb::SendReq {
+            client_msg_id,
+            conv_type,
+            to,
+            content_type: TEXT,
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+
+    /// SEND; the SendResp whatever its code.
+    pub fn send(client: &mut Client, req: &pb::SendReq) -> pb::SendResp {
+        match client.call(cmd::SEND, req) {
+            Ok(resp) => resp,
+            Err(e) => panic!("SEND {req:?} not answered with a SendResp: {e}"),
+        }
+    }
+
+    /// A message that the gate accepted.
+    #[derive(Debug, Clone)]
+    pub struct Sent {
+        pub client_msg_id: u64,
+        pub msg_id: u64,
+        pub conv_type: u32,
+        pub to: u64,
+        pub body: Bytes,
+        pub resp: pb::SendResp,
+    }
+
+    /// SEND of `text` with a fresh `client_msg_id`; asserts code 0 and a non-zero `msg_id`.
+    pub fn send_text(client: &mut Client, conv_type: u32, to: u64, text: &str) -> Sent {
+        let req = send_req(conv_type, to, client_msg_id(), text.as_bytes());
+        let resp = send(client, &req);
+        assert_eq!(
+            resp.code,
+            code::OK,
+            "SEND {text:?} to {to} refused: {resp:?}"
+        );
+        assert_ne!(
+            resp.msg_id, 0,
+            "an accepted SEND carries its msg_id: {resp:?}"
+        );
+        Sent {
+            client_msg_id: req.client_msg_id,
+            msg_id: resp.msg_id,
+            conv_type,
+            to,
+            body: req.body,
+            resp,
+        }
+    }
+
+    /// The next frame from the gate within [`WAIT`], BIZ_PUSH notifies skipped.
+    pub fn next_event(client: &mut Client) -> Frame {
+        loop {
+            match client.recv_frame(WAIT) {
+                Ok(f) if f.cmd == cmd::BIZ_PUSH && f.msg_type == MsgType::Notify => {}
+                Ok(f) => return f,
+                Err(e) => panic!("expected a frame from the gate within {WAIT:?}: {e}"),
+            }
+        }
+    }
+
+    /// Asserts that `frame` is a notify (seq 0) of command `command` and decodes it.
+    pub fn decode_notify<M: prost::Message + Default>(frame: &Frame, command: u8) -> M {
+        assert_eq!(
+            (frame.cmd, frame.msg_type, frame.seq),
+            (command, MsgType::Notify, 0),
+            "expected a notify of cmd {command:#04x} with seq 0, got {frame:?}"
+        );
+        match decode_body(frame) {
+            Ok(m) => m,
+            Err(e) => panic!("body of {frame:?} does not decode: {e}"),
+        }
+    }
+
+    /// The next frame is a PUSH (notify, seq 0); not acknowledged.
+    pub fn expect_push(client: &mut Client) -> pb::PushMsg {
+        decode_notify(&next_event(client), cmd::PUSH)
+    }
+
+    /// ACK of `msg_ids`.
+    pub fn ack(client: &mut Client, msg_ids: &[u64]) {
+        client
+            .notify(
+                cmd::ACK,
+                &pb::Ack {
+                    msg_ids: msg_ids.to_vec(),
+                },
+            )
+            .expect("send ACK");
+    }
+
+    /// The next frame is a PUSH; it is acknowledged at once.
+    pub fn take_push(client: &mut Client) -> pb::PushMsg {
+        let push = expect_push(client);
+        ack(client, &[push.msg_id]);
+        push
+    }
+
+    /// The next `n` frames are PUSHes, each acknowledged at once; in arrival order (which the
+    /// protocol fixes only within one conversation, rule 5).
+    pub fn take_pushes(client: &mut Client, n: usize) -> Vec<pb::PushMsg> {
+        (0..n).map(|_| take_push(client)).collect()
+    }
+
+    /// The PUSH of `msg_id` among `pushes`.
+    pub fn push_with_id(pushes: &[pb::PushMsg], msg_id: u64) -> &pb::PushMsg {
+        match pushes.iter().find(|p| p.msg_id == msg_id) {
+            Some(p) => p,
+            None => panic!("no PUSH of msg_id {msg_id} among {pushes:?}"),
+        }
+    }
+
+    /// The next frame is a NOTIFY.
+    pub fn expect_notify(client: &mut Client) -> pb::Notify {
+        decode_notify(&next_event(client), cmd::NOTIFY)
+    }
+
+    /// The next frame is a READ_RECEIPT.
+    pub fn expect_receipt(client: &mut Client) -> pb::ReadReceipt {
+        decode_notify(&next_event(client), cmd::READ_RECEIPT)
+    }
+
+    /// Nothing is waiting for this connection: a PING's answer is the next frame, and nothing
+    /// follows it for [`QUIET`].
+    pub fn assert_nothing_more(client: &mut Client) {
+        let seq = client.request(cmd::PING, &()).expect("send PING");
+        let frame = next_event(client);
+        assert_eq!(
+            (frame.cmd, frame.msg_type, frame.seq),
+            (cmd::PING, MsgType::Response, seq),
+            "expected nothing but the PING answer, got {frame:?}"
+        );
+        match client.recv_frame(QUIET) {
+            Err(ClientError::Timeout) => {}
+            Ok(f) if f.cmd == cmd::BIZ_PUSH => {}
+            Ok(f) => panic!("expected silence, got {f:?}"),
+            Err(e) => panic!("expected silence, got {e}"),
+        }
+    }
+
+    /// `push` is the copy of `sent` (sent by `from`) that its receiver sees as conversation
+    /// `conv_id`.
+    pub fn assert_push_of(push: &pb::PushMsg, sent: &Sent, from: u64, conv_id: u64) {
+        assert_eq!(push.msg_id, sent.msg_id, "msg_id: {push:?}");
+        assert_eq!(push.conv_type, sent.conv_type, "conv_type: {push:?}");
+        assert_eq!(push.conv_id, conv_id, "conv_id (receiver's view): {push:?}");
+        assert_eq!(push.from, from, "from: {push:?}");
+        assert_eq!(push.to, sent.to, "to: {push:?}");
+        assert_eq!(push.content_type, TEXT, "content_type: {push:?}");
+        assert_eq!(push.body, sent.body, "body: {push:?}");
+        assert_eq!(
+            push.client_msg_id, sent.client_msg_id,
+            "client_msg_id is set in every copy: {push:?}"
+        );
+    }
+
+    /// PULL forwards (`after_msg_id`); the PullResp whatever its code.
+    pub fn pull(
+        client: &mut Client,
+        conv_type: u32,
+        conv_id: u64,
+        after_msg_id: u64,
+        limit: u32,
+    ) -> pb::PullResp {
+        pull_with(
+            client,
+            &pb::PullReq {
+                conv_type,
+                conv_id,
+                after_msg_id,
+                limit,
+                before_msg_id: 0,
+            },
+        )
+    }
+
+    /// PULL backwards (the `before_msg_id` extension); the PullResp whatever its code.
+    pub fn pull_before(
+        client: &mut Client,
+        conv_type: u32,
+        conv_id: u64,
+        before_msg_id: u64,
+        limit: u32,
+    ) -> pb::PullResp {
+        pull_with(
+            client,
+            &pb::PullReq {
+                conv_type,
+                conv_id,
+                after_msg_id: 0,
+                limit,
+                before_msg_id,
+            },
+        )
+    }
+
+    pub fn pull_with(client: &mut Client, req: &pb::PullReq) -> pb::PullResp {
+        match client.call(cmd::PULL, req) {
+            Ok(resp) => resp,
+            Err(e) => panic!("PULL {req:?} not answered with a PullResp: {e}"),
+        }
+    }
+
+    /// PULL forwards; asserts code 0.
+    pub fn pull_ok(
+        client: &mut Client,
+        conv_type: u32,
+        conv_id: u64,
+        after_msg_id: u64,
+        limit: u32,
+    ) -> pb::PullResp {
+        let resp = pull(client, conv_type, conv_id, after_msg_id, limit);
+        assert_eq!(resp.code, code::OK, "PULL refused: {resp:?}");
+        resp
+    }
+
+    /// READ; the Result whatever its code.
+    pub fn read(client: &mut Client, conv_type: u32, conv_id: u64, read_up_to: u64) -> pb::Result {
+        let req = pb::ReadReq {
+            conv_type,
+            conv_id,
+            read_up_to,
+        };
+        match client.call(cmd::READ, &req) {
+            Ok(resp) => resp,
+            Err(e) => panic!("READ {req:?} not answered with a Result: {e}"),
+        }
+    }
+
+    /// READ; asserts code 0.
+    pub fn read_ok(client: &mut Client, conv_type: u32, conv_id: u64, read_up_to: u64) {
+        let result = read(client, conv_type, conv_id, read_up_to);
+        assert_eq!(result.code, code::OK, "READ refused: {result:?}");
+    }
+
+    /// SYNC; asserts code 0.
+    pub fn sync(client: &mut Client) -> pb::SyncResp {
+        let resp: pb::SyncResp = match client.call(cmd::SYNC, &()) {
+            Ok(resp) => resp,
+            Err(e) => panic!("SYNC not answered with a SyncResp: {e}"),
+        };
+        assert_eq!(resp.code, code::OK, "SYNC refused: {resp:?}");
+        resp
+    }
+
+    /// The update for one conversation in a SYNC or NOTIFY list.
+    pub fn conv(convs: &[pb::ConvUpdate], conv_type: u32, conv_id: u64) -> Option<&pb::ConvUpdate> {
+        convs
+            .iter()
+            .find(|c| c.conv_type == conv_type && c.conv_id == conv_id)
+    }
+
+    /// BIZ with a raw payload; the BizResp whatever its code.
+    pub fn biz_raw(
+        client: &mut Client,
+        service: &str,
+        method: &str,
+        payload: &[u8],
+    ) -> pb::BizResp {
+        let req = pb::BizReq {
+            service: service.into(),
+            method: method.into(),
+            payload: Bytes::copy_from_slice(payload),
+        };
+        match client.call(cmd::BIZ, &req) {
+            Ok(resp) => resp,
+            Err(e) => panic!("BIZ {service}.{method} not answered with a BizResp: {e}"),
+        }
+    }
+
+    /// BIZ with a JSON payload; the BizResp whatever its code.
+    pub fn biz(
+        client: &mut Client,
+        service: &str,
+        method: &str,
+        payload: &serde_json::Value,
+    ) -> pb::BizResp {
+        biz_raw(client, service, method, payload.to_string().as_bytes())
+    }
+
+    /// BIZ with a JSON payload; asserts code 0 and returns the answer payload as JSON.
+    pub fn biz_ok(
+        client: &mut Client,
+        service: &str,
+        method: &str,
+        payload: &serde_json::Value,
+    ) -> serde_json::Value {
+        let resp = biz(client, service, method, payload);
+        assert_eq!(
+            resp.code,
+            code::OK,
+            "BIZ {service}.{method} {payload} refused: {resp:?}"
+        );
+        match serde_json::from_slice(&resp.payload) {
+            Ok(v) => v,
+            Err(e) => panic!("BIZ {service}.{method} answer is not JSON ({e}): {resp:?}"),
+        }
+    }
+
+    /// group.create; the new group's id.
+    pub fn create_group(client: &mut Client, name: &str, members: &[u64]) -> u64 {
+        let answer = biz_ok(
+            client,
+            "group",
+            "create",
+            &serde_json::json!({ "name": name, "members": members }),
+        );
+        let gid = answer["group_id"].as_u64();
+        match gid {
+            Some(gid) if gid != 0 => gid,
+            _ => panic!("group.create answers {{\"group_id\": N}}, got {answer}"),
+        }
+    }
+
+    /// group.members, as a set.
+    pub fn group_members(client: &mut Client, group_id: u64) -> BTreeSet<u64> {
+        let answer = biz_ok(
+            client,
+            "group",
+            "members",
+            &serde_json::json!({ "group_id": group_id }),
+        );
+        let Some(list) = answer["members"].as_array() else {
+            panic!("group.members answers {{\"members\": [..]}}, got {answer}");
+        };
+        list.iter()
+            .map(|m| match m.as_u64() {
+                Some(uid) => uid,
+                None => panic!("member {m} is not a uid number in {answer}"),
+            })
+            .collect()
+    }
+
+    /// Logs in every uid (dev auth, one `device_id` for all) with all the LOGINs in flight
+    /// together, then collects the answers; asserts each is code 0.
+    pub fn login_many(addr: SocketAddr, uids: &[u64], device_id: &str) -> Vec<Client> {
+        let pending: Vec<(u64, Client, u32)> = uids
+            .iter()
+            .map(|&uid| {
+                let mut client = Client::connect(addr).expect("connect to the gate");
+                let req = pb::LoginReq {
+                    uid,
+                    token: "dev".into(),
+                    device_id: device_id.into(),
+                    platform: 5,
+                    client_version: "test".into(),
+                };
+                let seq = client.request(cmd::LOGIN, &req).expect("send LOGIN");
+                (uid, client, seq)
+            })
+            .collect();
+        pending
+            .into_iter()
+            .map(|(uid, mut client, seq)| {
+                let frame = client.recv_response(seq, WAIT).expect("LoginResp");
+                let resp: pb::LoginResp =
+                    expect_response(&frame, cmd::LOGIN).expect("LoginResp decodes");
+                assert_eq!(resp.code, 0, "login of uid {uid} refused: {resp:?}");
+                client
+            })
+            .collect()
+    }
+}
