@@ -2,6 +2,9 @@
 //! `std::net::TcpStream`: the integration tests drive the gate with it, and tools (the chat CLI)
 //! build on it.
 //!
+//! [`chat`] is the `imgate-chat` command-line client: a sans-IO chat core and the blocking shell
+//! that drives it over a [`Client`] (the shell, not `Client`, runs a stdin reader thread).
+//!
 //! [`Client`] owns one connection: the stream, its read buffer, the frame decoder (whose limit is
 //! 65536 until a successful LOGIN announces the gate's `max_frame`), the next request `seq`, and a
 //! bounded backlog of frames that arrived while a caller waited for a particular response.
@@ -25,6 +28,8 @@
 //!   [`ClientError::Frame`] the stream is out of step and every later read repeats that error.
 //!
 //! It never spawns a thread and keeps no state beyond this one connection.
+
+pub mod chat;
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
