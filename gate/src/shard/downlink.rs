@@ -106,7 +106,7 @@ impl GateSink for Shard {
                         updates: vec![conv_update(conv)],
                     };
                     let frame = encode_frame(cmd::NOTIFY, MsgType::Notify, 0, 0, &body);
-                    self.each_session(update.uid, 0, |conn| {
+                    self.each_session(update.uid, n.exclude_session, |conn| {
                         conn.push(frame.clone(), self.settings.max_outbound)
                     });
                 }

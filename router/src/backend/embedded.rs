@@ -215,7 +215,10 @@ impl EmbeddedShard {
             if !updates.is_empty() {
                 self.downlink_to(
                     shard as u32,
-                    Downlink::Notify(link::NotifyUsers { updates }),
+                    Downlink::Notify(link::NotifyUsers {
+                        updates,
+                        exclude_session: n.exclude_session,
+                    }),
                 );
             }
         }

@@ -360,6 +360,7 @@ impl Partition {
             }
             ConvKey::Group(_) => out.push(Output::Notify(link::NotifyUsers {
                 updates: states.clone(),
+                exclude_session,
             })),
         }
         inbox_set(states, self.config.partitions, out);

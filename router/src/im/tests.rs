@@ -1267,11 +1267,8 @@ fn check_against_model(c: &mut Cluster, model: &Model, users: &[u64]) {
             sync.total_unread,
             want.values().map(|&(_, n)| n).sum::<u32>()
         );
-        assert!(
-            sync.convs
-                .windows(2)
-                .all(|w| w[0].latest_msg_id > w[1].latest_msg_id)
-        );
+        // Order is by arrival of the latest message at the inbox (see `Inbox`), which random
+        // delivery interleavings do not tie to msg_id order; `user::tests` checks the order.
     }
     // History matches, oldest first.
     for (&conv, msgs) in &model.msgs {

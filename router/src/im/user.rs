@@ -28,12 +28,20 @@ pub const SYNC_OVERHEAD: usize = 3;
 type InboxKey = (u32, u64);
 
 /// One user's conversations, as SYNC returns them.
+///
+/// "Newest first" is the order in which conversations last received a message *here*, not
+/// the order of their msg_ids: ids from different partitions minted in the same millisecond
+/// are ordered by partition, while updates reach the inbox in the order the messages were
+/// stored.
 #[derive(Debug, Default)]
 pub struct Inbox {
-    convs: HashMap<InboxKey, link::ConvState>,
+    /// Each conversation's state and the `touch` it is ordered by.
+    convs: HashMap<InboxKey, (link::ConvState, u64)>,
     /// (newest first, key): the order SYNC walks.
     order: BTreeSet<(Reverse<u64>, InboxKey)>,
     total_unread: u64,
+    /// Bumped whenever a conversation gets a newer message.
+    touches: u64,
 }
 
 impl Inbox {
@@ -41,16 +49,24 @@ impl Inbox {
     /// holds no messages for this user any more, e.g. the user left the group).
     pub fn set(&mut self, state: link::ConvState) {
         let key = (state.conv_type, state.conv_id);
-        if let Some(old) = self.convs.remove(&key) {
-            self.order.remove(&(Reverse(old.latest_msg_id), key));
+        let mut touch = None;
+        if let Some((old, old_touch)) = self.convs.remove(&key) {
+            self.order.remove(&(Reverse(old_touch), key));
             self.total_unread = self.total_unread.saturating_sub(u64::from(old.unread));
+            if old.latest_msg_id == state.latest_msg_id {
+                touch = Some(old_touch); // Only the unread count moved: keep its place.
+            }
         }
         if state.latest_msg_id == 0 {
             return;
         }
-        self.order.insert((Reverse(state.latest_msg_id), key));
+        let touch = touch.unwrap_or_else(|| {
+            self.touches += 1;
+            self.touches
+        });
+        self.order.insert((Reverse(touch), key));
         self.total_unread += u64::from(state.unread);
-        self.convs.insert(key, state);
+        self.convs.insert(key, (state, touch));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -78,7 +94,7 @@ impl Inbox {
                 return (convs, true);
             }
             // Invariant: `order` and `convs` hold the same keys.
-            let Some(state) = self.convs.get(key) else {
+            let Some((state, _)) = self.convs.get(key) else {
                 debug_assert!(false, "inbox index out of step");
                 continue;
             };
@@ -258,6 +274,26 @@ mod tests {
             latest_msg_id: latest,
             unread,
         }
+    }
+
+    #[test]
+    fn inbox_is_newest_first_by_arrival_and_unread_changes_keep_the_place() {
+        let mut inbox = Inbox::default();
+        // A higher msg_id can arrive first (another partition minted it in the same ms).
+        inbox.set(state(1, 900, 1));
+        inbox.set(state(2, 500, 1));
+        inbox.set(state(3, 700, 1));
+        let order = |inbox: &Inbox| -> Vec<u64> {
+            inbox.newest(10, 0).0.iter().map(|c| c.conv_id).collect()
+        };
+        assert_eq!(order(&inbox), [3, 2, 1]);
+        // A read (same latest, fewer unread) does not move a conversation.
+        inbox.set(state(2, 500, 0));
+        assert_eq!(order(&inbox), [3, 2, 1]);
+        // A new message does.
+        inbox.set(state(1, 901, 2));
+        assert_eq!(order(&inbox), [1, 3, 2]);
+        assert_eq!(inbox.total_unread(), 3);
     }
 
     #[test]
