@@ -13,8 +13,8 @@
 //!
 //! Full-channel policy, so no two full channels can ever deadlock (nothing ever *waits* to send
 //! from a receiving task):
-//! - a new request whose first hop would cross a full channel — or arrives while any internal
-//!   hop of this shard is waiting — is refused ([`Unavailable`] → BACKEND_UNAVAILABLE);
+//! - a new request that arrives while any internal hop of this shard is parked, or whose first
+//!   hop would cross a full channel, is refused ([`Unavailable`] → BACKEND_UNAVAILABLE);
 //! - an internal hop (partition to partition, answers, downlink) that meets a full channel is
 //!   parked in that destination's spill queue, which a per-destination task drains with an
 //!   awaiting send. Spill is bounded by the fan-out of the requests already admitted, because
@@ -44,6 +44,16 @@ pub enum Envelope {
         reply: Reply,
     },
     Downlink(Downlink),
+}
+
+/// What a cross-shard send does when the channel to its destination is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhenFull {
+    /// A new request: not taken, answered BACKEND_UNAVAILABLE (also while anything is parked).
+    Refuse,
+    /// An internal hop of an admitted request: parked in the destination's spill queue and sent
+    /// by a draining task with an awaiting send; never dropped.
+    Park,
 }
 
 /// The mesh every shard joins; build one per gate with [`mesh`] and clone it into each shard.
@@ -257,21 +267,35 @@ impl EmbeddedShard {
 
     /// An internal hop: never dropped, parked when the channel is full.
     fn send(&self, dest: u32, envelope: Envelope) {
+        // `Park` never refuses.
+        let _ = self.send_or(dest, envelope, WhenFull::Park);
+    }
+
+    /// Sends `envelope` to shard `dest`, doing `when_full` if its channel has no room.
+    fn send_or(
+        &self,
+        dest: u32,
+        envelope: Envelope,
+        when_full: WhenFull,
+    ) -> Result<(), Unavailable> {
         let Some(senders) = &self.senders else {
             tracing::error!(dest, "cross-shard hop with a single shard");
-            return;
+            return Err(Unavailable);
         };
         let idx = dest as usize;
         let mut spill = self.spill[idx].borrow_mut();
         if spill.is_empty() {
             match senders.try_send_to(idx, envelope) {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(GlommioError::WouldBlock(glommio::ResourceType::Channel(back))) => {
-                    spill.push_back(back);
+                    match when_full {
+                        WhenFull::Refuse => return Err(Unavailable),
+                        WhenFull::Park => spill.push_back(back),
+                    }
                 }
                 Err(err) => {
                     tracing::error!(dest, %err, "backend hop lost: peer shard gone");
-                    return;
+                    return Err(Unavailable);
                 }
             }
         } else {
@@ -280,6 +304,7 @@ impl EmbeddedShard {
         self.parked.set(self.parked.get() + 1);
         drop(spill);
         self.drain_spill(idx);
+        Ok(())
     }
 
     fn drain_spill(&self, idx: usize) {
@@ -311,17 +336,20 @@ impl Backend for EmbeddedShard {
         let partition = route(&request, self.config.partitions);
         let input = Input::Request { origin, request };
         let host = self.host_of(partition);
+        if self.parked.get() > 0 {
+            // Hops of admitted requests are waiting for room: admit nothing new, even work that
+            // starts here, until they drain. This is what bounds the spill queues.
+            return Err(Unavailable);
+        }
         if host == self.shard {
             self.run(partition, input);
             return Ok(());
         }
-        if self.parked.get() > 0 {
-            return Err(Unavailable);
-        }
-        let senders = self.senders.as_ref().ok_or(Unavailable)?;
-        senders
-            .try_send_to(host as usize, Envelope::ToPartition { partition, input })
-            .map_err(|_| Unavailable)
+        self.send_or(
+            host,
+            Envelope::ToPartition { partition, input },
+            WhenFull::Refuse,
+        )
     }
 
     fn presence(&self, presence: link::Presence) {
