@@ -237,15 +237,23 @@ impl Dedup {
 /// uid → the session ids online.
 #[derive(Debug, Default)]
 pub struct Presence {
-    online: HashMap<u64, BTreeSet<u64>>,
+    /// Online sessions per user, ascending. A user has one or a few: a small vector (not a
+    /// tree) keeps this a few dozen bytes per online user.
+    online: HashMap<u64, Vec<u64>>,
 }
 
 impl Presence {
     pub fn apply(&mut self, p: &link::Presence) {
         if p.online {
-            self.online.entry(p.uid).or_default().insert(p.session_id);
+            let sessions = self
+                .online
+                .entry(p.uid)
+                .or_insert_with(|| Vec::with_capacity(1));
+            if let Err(at) = sessions.binary_search(&p.session_id) {
+                sessions.insert(at, p.session_id);
+            }
         } else if let Entry::Occupied(mut e) = self.online.entry(p.uid) {
-            e.get_mut().remove(&p.session_id);
+            e.get_mut().retain(|&s| s != p.session_id);
             if e.get().is_empty() {
                 e.remove();
             }
