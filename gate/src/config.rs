@@ -18,6 +18,62 @@ pub struct Config {
     pub gate: GateConfig,
     pub auth: AuthConfig,
     pub backend: BackendConfig,
+    pub delivery: DeliveryConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[delivery]`: the reliable delivery engine (PROTOCOL.md "Session rules" 4 and 6).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    pub ack_timeout_ms: u64,
+    pub max_backoff_ms: u64,
+    pub max_retries: u32,
+    pub probe_timeout_ms: u64,
+    pub max_pending: usize,
+    pub report_batch: usize,
+    pub report_flush_ms: u64,
+    pub notify_merge_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            ack_timeout_ms: 5000,
+            max_backoff_ms: 30_000,
+            max_retries: 3,
+            probe_timeout_ms: 5000,
+            max_pending: 4096,
+            report_batch: 256,
+            report_flush_ms: 10,
+            notify_merge_ms: 20,
+        }
+    }
+}
+
+/// `[limits]`: what one client, one shard and the gate may hold.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub outbound_bytes: usize,
+    pub shard_outbound_bytes: usize,
+    pub msgs_per_sec: u32,
+    pub burst: u32,
+    pub max_connections: usize,
+    pub devices_per_uid: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            outbound_bytes: 4 << 20,
+            shard_outbound_bytes: 1 << 30,
+            msgs_per_sec: 200,
+            burst: 400,
+            max_connections: 0,
+            devices_per_uid: 16,
+        }
+    }
 }
 
 /// `[backend]`: which backend serves the shards, and the embedded reference backend's settings.
@@ -69,9 +125,8 @@ pub struct GateConfig {
     pub max_frame: u32,
     pub login_timeout_secs: u64,
     pub heartbeat_secs: u32,
-    pub max_connections: usize,
     pub handoff_queue: usize,
-    pub max_outbound_kib: usize,
+    pub peers: Vec<String>,
 }
 
 impl Default for GateConfig {
@@ -85,9 +140,8 @@ impl Default for GateConfig {
             max_frame: crate::protocol::DEFAULT_MAX_FRAME,
             login_timeout_secs: 10,
             heartbeat_secs: 30,
-            max_connections: 1_000_000,
             handoff_queue: 1024,
-            max_outbound_kib: 1024,
+            peers: Vec::new(),
         }
     }
 }
@@ -156,19 +210,84 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "client PING interval; no complete frame for 3x this closes with KICK 6",
     ),
     (
-        "gate.max_connections",
-        "1000000",
-        "connections the gate holds; past it a new one gets KICK 2 and is closed",
-    ),
-    (
         "gate.handoff_queue",
         "1024",
         "capacity of each cross-shard hand-off channel; when full the connection is closed",
     ),
     (
-        "gate.max_outbound_kib",
-        "1024",
-        "unsent output one connection may hold; past it the client is kicked as a slow consumer (KICK 4)",
+        "gate.peers",
+        "[]",
+        "other gates' client addresses, offered in KICK 2's reconnect_to",
+    ),
+    (
+        "delivery.ack_timeout_ms",
+        "5000",
+        "a PUSH not acknowledged within this is resent (then with doubling backoff)",
+    ),
+    (
+        "delivery.max_backoff_ms",
+        "30000",
+        "cap of the resend backoff",
+    ),
+    (
+        "delivery.max_retries",
+        "3",
+        "resends before a PUSH is reported undelivered and the client probed with PING",
+    ),
+    (
+        "delivery.probe_timeout_ms",
+        "5000",
+        "a probed client that does not answer the PING within this is closed (KICK 6)",
+    ),
+    (
+        "delivery.max_pending",
+        "4096",
+        "unacknowledged PUSHes one session may hold; past it the session is a slow consumer (KICK 4)",
+    ),
+    (
+        "delivery.report_batch",
+        "256",
+        "delivery reports gathered per shard before one is sent to the backend",
+    ),
+    (
+        "delivery.report_flush_ms",
+        "10",
+        "longest a delivery report waits for its batch to fill",
+    ),
+    (
+        "delivery.notify_merge_ms",
+        "20",
+        "NOTIFY updates for one session within this window are merged into one frame",
+    ),
+    (
+        "limits.outbound_bytes",
+        "4194304",
+        "unsent output one connection may hold; past it: queue dropped, PUSHes reported undelivered, KICK 4, close",
+    ),
+    (
+        "limits.shard_outbound_bytes",
+        "1073741824",
+        "unsent output all of a shard's connections may hold; the connection that passes it is treated the same way",
+    ),
+    (
+        "limits.msgs_per_sec",
+        "200",
+        "requests per second per connection (token bucket; PING and notifies never count); past it: RATE_LIMITED",
+    ),
+    (
+        "limits.burst",
+        "400",
+        "token bucket size of limits.msgs_per_sec",
+    ),
+    (
+        "limits.max_connections",
+        "0",
+        "connections the gate holds (0 = the open-file limit minus a reserve; larger values are clamped); past it: KICK 2",
+    ),
+    (
+        "limits.devices_per_uid",
+        "16",
+        "devices one uid may have logged in; a new device_id beyond it gets LoginResp code 4",
     ),
     (
         "backend.kind",
@@ -259,18 +378,41 @@ pub struct Settings {
     pub login_timeout: Duration,
     pub heartbeat: Duration,
     pub heartbeat_secs: u32,
-    pub max_connections: usize,
     pub handoff_queue: NonZeroUsize,
-    pub max_outbound: usize,
+    pub peers: Vec<String>,
     pub auth_mode: AuthMode,
     pub auth_secret: Vec<u8>,
     pub backend: BackendConfig,
+    pub delivery: DeliveryConfig,
+    pub limits: LimitsConfig,
+    /// Connections the gate holds (resolved: never above what the open-file limit allows).
+    pub max_connections: usize,
+    /// Adjustments made while validating, for the start-up log.
+    pub warnings: Vec<String>,
 }
 
 impl Settings {
     /// A session with no complete frame for this long is closed (3 x heartbeat).
     pub fn idle_timeout(&self) -> Duration {
         self.heartbeat * 3
+    }
+}
+
+impl DeliveryConfig {
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+    pub fn max_backoff(&self) -> Duration {
+        Duration::from_millis(self.max_backoff_ms)
+    }
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.probe_timeout_ms)
+    }
+    pub fn report_flush(&self) -> Duration {
+        Duration::from_millis(self.report_flush_ms)
+    }
+    pub fn notify_merge(&self) -> Duration {
+        Duration::from_millis(self.notify_merge_ms)
     }
 }
 
@@ -334,9 +476,53 @@ impl Config {
         if !(1..=3600).contains(&g.heartbeat_secs) {
             return Err(invalid("gate.heartbeat_secs", "must be between 1 and 3600"));
         }
-        if g.max_outbound_kib < 64 {
-            return Err(invalid("gate.max_outbound_kib", "must be at least 64"));
+        let d = &self.delivery;
+        if d.ack_timeout_ms == 0 || d.max_backoff_ms < d.ack_timeout_ms {
+            return Err(invalid(
+                "delivery.max_backoff_ms",
+                "must be at least delivery.ack_timeout_ms, which must be non-zero",
+            ));
         }
+        if d.probe_timeout_ms == 0 {
+            return Err(invalid("delivery.probe_timeout_ms", "must be non-zero"));
+        }
+        if d.max_pending == 0 {
+            return Err(invalid("delivery.max_pending", "must be at least 1"));
+        }
+        if d.report_batch == 0 {
+            return Err(invalid("delivery.report_batch", "must be at least 1"));
+        }
+        let l = &self.limits;
+        if l.outbound_bytes < 64 * 1024 {
+            return Err(invalid("limits.outbound_bytes", "must be at least 65536"));
+        }
+        if l.shard_outbound_bytes < l.outbound_bytes {
+            return Err(invalid(
+                "limits.shard_outbound_bytes",
+                "must be at least limits.outbound_bytes",
+            ));
+        }
+        if l.msgs_per_sec == 0 || l.burst == 0 {
+            return Err(invalid(
+                "limits.burst",
+                "limits.msgs_per_sec and limits.burst must be non-zero",
+            ));
+        }
+        if l.devices_per_uid == 0 {
+            return Err(invalid("limits.devices_per_uid", "must be at least 1"));
+        }
+        let mut warnings = Vec::new();
+        let allowed = connections_allowed(shards.get());
+        let max_connections = match l.max_connections {
+            0 => allowed,
+            n if n > allowed => {
+                warnings.push(format!(
+                    "limits.max_connections = {n} is above what the open-file limit allows; using {allowed}"
+                ));
+                allowed
+            }
+            n => n,
+        };
         let handoff_queue = NonZeroUsize::new(g.handoff_queue)
             .ok_or_else(|| invalid("gate.handoff_queue", "must be at least 1"))?;
         match self.auth.mode {
@@ -390,14 +576,40 @@ impl Config {
             login_timeout: Duration::from_secs(g.login_timeout_secs),
             heartbeat: Duration::from_secs(u64::from(g.heartbeat_secs)),
             heartbeat_secs: g.heartbeat_secs,
-            max_connections: g.max_connections,
             handoff_queue,
-            max_outbound: g.max_outbound_kib * 1024,
+            peers: g.peers.clone(),
             auth_mode: self.auth.mode,
             auth_secret: self.auth.secret.clone().into_bytes(),
             backend: self.backend.clone(),
+            delivery: self.delivery.clone(),
+            limits: self.limits.clone(),
+            max_connections,
+            warnings,
         })
     }
+}
+
+/// Descriptors kept for listeners, executors, rings and log files, plus per shard.
+const FD_RESERVE: usize = 64;
+const FD_RESERVE_PER_SHARD: usize = 16;
+
+/// Connections the open-file limit leaves room for.
+fn connections_allowed(shards: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return 1 << 20;
+    }
+    let reserve = FD_RESERVE + FD_RESERVE_PER_SHARD * shards;
+    usize::try_from(limit.rlim_cur)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(reserve)
+        .max(1)
 }
 
 fn hostname() -> String {

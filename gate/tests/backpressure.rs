@@ -17,7 +17,11 @@ const PARTITIONS: u32 = 64;
 
 #[test]
 fn pipelined_flood_through_full_backend_channels_is_answered_and_the_gate_recovers() {
-    let gate = TestGate::start_with(|c| c.backend.queue = 16);
+    let gate = TestGate::start_with(|c| {
+        c.backend.queue = 16;
+        c.limits.msgs_per_sec = 100_000;
+        c.limits.burst = 100_000;
+    });
     // A sender on each shard, writing to and pulling from conversations hosted on the other
     // shard, so SEND's store hop and PULL's first hop both cross a channel.
     let senders = [uids_on(0, 5000, 1)[0], uids_on(1, 5000, 1)[0]];

@@ -9,8 +9,10 @@
 //! `poll_timeout` has passed, `login_accepted` / `login_refused` to answer an [`Action::Login`].
 //! `now` must not go backwards between calls.
 
+mod rate;
 mod registry;
 
+pub use rate::TokenBucket;
 pub use registry::{DeviceSession, Registry};
 
 use std::time::{Duration, Instant};

@@ -15,8 +15,8 @@
 //! Writes: replies are queued as shared `Bytes` and flushed with one `sendmsg` over the queue
 //! before the task waits. On `EAGAIN` the task hands the first queued slice to glommio's
 //! `poll_write`, which retries once and otherwise waits for writability; whatever it wrote is
-//! dropped from the queue and the vectored path resumes. A queue above `gate.max_outbound_kib`
-//! is discarded and the client kicked as a slow consumer.
+//! dropped from the queue and the vectored path resumes. Queues are bounded per connection and
+//! per shard (`limits.*`, see `Shard::queue`): past them the client is a slow consumer.
 //!
 //! Closing: queued frames (ERROR, KICK, LogoutResp) are flushed for at most
 //! [`CLOSE_FLUSH_TIME`], then the write side is shut down and unread input drained for at most
@@ -35,14 +35,14 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use super::handoff::Handoff;
-use super::io::{Nb, recv_into};
+use super::io::{Nb, OutQueue, recv_into};
 use super::owner_shard;
 use super::state::{ConnKey, ConnShared, Counter, Shard};
 use super::uplink::{Asker, Uplink, refusal, translate};
 use crate::delivery::TimerId;
 use crate::protocol::pb::{LoginReq, LoginResp};
 use crate::protocol::{Code, Frame, FrameDecoder, KickReason, MsgType, cmd, encode_frame};
-use crate::session::{Action, CloseWhy, ConnSession, LoggedIn};
+use crate::session::{Action, CloseWhy, ConnSession, LoggedIn, TokenBucket};
 use router::backend::{Backend, Origin, Request, Unavailable};
 
 /// Largest single read from the fd beyond what the current frame needs.
@@ -93,6 +93,7 @@ pub(crate) fn serve(
     arrival: Arrival,
 ) -> impl Future<Output = ()> {
     let (key, shared) = shard.add_conn();
+    let shard_burst = shard.settings.limits.burst;
     let session = ConnSession::new(
         arrival.accepted_at,
         arrival.login_deadline,
@@ -109,6 +110,7 @@ pub(crate) fn serve(
         session,
         timer: None,
         pending_login: None,
+        bucket: TokenBucket::new(shard_burst, arrival.accepted_at),
     };
     conn.serve()
 }
@@ -126,6 +128,8 @@ struct Conn {
     timer: Option<(TimerId, Instant)>,
     /// A LOGIN the backend is checking (`auth.mode = "backend"`); boxed, as it is rare.
     pending_login: Option<Box<(LoginReq, u32, u32)>>,
+    /// Requests per second (`limits.msgs_per_sec`, `limits.burst`).
+    bucket: TokenBucket,
 }
 
 impl Conn {
@@ -174,6 +178,16 @@ impl Conn {
         loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(frame)) => {
+                    if frame.msg_type == MsgType::Request
+                        && frame.cmd != cmd::PING
+                        && !self.take_token(now)
+                    {
+                        let why = "too many requests; retry later";
+                        let refused =
+                            refusal(frame.cmd, frame.log_id, frame.seq, Code::RateLimited, why);
+                        self.queue(refused);
+                        continue;
+                    }
                     let action = self.session.handle_frame(frame, now);
                     if let Some(exit) = self.apply(action) {
                         return Some(exit);
@@ -207,18 +221,23 @@ impl Conn {
             }
             Action::Login { req, log_id, seq } => self.login(req, log_id, seq),
             Action::Close { frames, why } => {
-                let mut out = self.shared.out();
                 for frame in frames {
-                    out.push(frame);
+                    self.shard.queue_last(&self.shared, frame);
                 }
                 Some(Exit::Close(why))
             }
         }
     }
 
+    /// One request's worth of the connection's rate (PING and notifies never count).
+    fn take_token(&mut self, now: Instant) -> bool {
+        let limits = &self.shard.settings.limits;
+        self.bucket.try_take(now, limits.msgs_per_sec, limits.burst)
+    }
+
     /// Queues a frame; a client that lets its output pile up is kicked (see `ConnShared::push`).
     fn queue(&self, frame: Bytes) {
-        self.shared.push(frame, self.shard.settings.max_outbound);
+        self.shard.queue(&self.shared, frame);
     }
 
     /// A message-path request goes to the backend; its answer is queued by the shard when it
@@ -337,6 +356,22 @@ impl Conn {
             let action = self.session.login_refused(code, message, log_id, seq);
             return self.apply(action);
         }
+        let (devices, known_device) = {
+            let registry = shard.registry.borrow();
+            let devices = registry.devices(req.uid);
+            (
+                devices.len(),
+                devices.iter().any(|d| *d.device_id == *req.device_id),
+            )
+        };
+        if !known_device && devices >= shard.settings.limits.devices_per_uid as usize {
+            shard.count(Counter::LoginsRefused);
+            let why = "too many devices logged in for this uid";
+            let action = self
+                .session
+                .login_refused(Code::RateLimited, why, log_id, seq);
+            return self.apply(action);
+        }
         let session_id = shard.next_session_id();
         let displaced =
             shard
@@ -420,23 +455,13 @@ impl Conn {
 
     /// Writes the queue; `Pending` means glommio will wake us when the socket is writable.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut out = self.shared.out();
-        loop {
-            match out.write_to(self.fd)? {
-                Nb::Done(()) => return Poll::Ready(Ok(())),
-                Nb::WouldBlock => {}
-            }
-            let Some(front) = out.front() else {
-                return Poll::Ready(Ok(()));
-            };
-            match Pin::new(&mut self.stream).poll_write(cx, front) {
-                Poll::Ready(Ok(n)) => out.advance(n),
-                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        let shared = Rc::clone(&self.shared);
+        let mut out = shared.out();
+        let before = out.bytes();
+        let result = flush_queue(&mut out, self.fd, &mut self.stream, cx);
+        self.shard.unqueued(before - out.bytes());
+        result
     }
-
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
         if !self.rbuf.is_empty() {
             // Mid-frame or busy: read straight into the buffer, sized to the frame.
@@ -483,15 +508,17 @@ impl Conn {
         }
         self.shard.remove_conn(self.key);
         match exit {
-            Exit::Gone => {}
+            Exit::Gone => self.drop_output(),
             Exit::Close(why) => {
                 tracing::debug!(shard = self.shard.index, ?why, "closing");
                 self.flush_for(CLOSE_FLUSH_TIME).await;
+                self.drop_output();
                 linger(&mut self.stream, &mut self.rbuf).await;
             }
             Exit::HandOff { owner, buffered } => {
                 // Answers to what came before the LOGIN go out on this shard first.
                 if !self.flush_for(CLOSE_FLUSH_TIME).await {
+                    self.drop_output();
                     return;
                 }
                 // SAFETY: dup of an fd we own; the copy is owned by the OwnedFd alone.
@@ -512,6 +539,13 @@ impl Conn {
         }
     }
 
+    /// Forgets what could not be sent, and takes it off the shard's outbound total.
+    fn drop_output(&self) {
+        let mut out = self.shared.out();
+        self.shard.unqueued(out.bytes());
+        out.clear();
+    }
+
     /// Flushes the queue within `limit`; whether everything went out.
     async fn flush_for(&mut self, limit: Duration) -> bool {
         if self.shared.out().is_empty() {
@@ -522,6 +556,30 @@ impl Conn {
             glommio::timer::timeout(limit, async { Ok(flush.await) }).await,
             Ok(Ok(()))
         )
+    }
+}
+
+/// Writes `out` with vectored sends on `fd`; on `EAGAIN` hands the first slice to glommio's
+/// write, which waits for writability. `Pending`: woken when the socket can take more.
+fn flush_queue(
+    out: &mut OutQueue,
+    fd: RawFd,
+    stream: &mut TcpStream,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
+        match out.write_to(fd)? {
+            Nb::Done(()) => return Poll::Ready(Ok(())),
+            Nb::WouldBlock => {}
+        }
+        let Some(front) = out.front() else {
+            return Poll::Ready(Ok(()));
+        };
+        match Pin::new(&mut *stream).poll_write(cx, front) {
+            Poll::Ready(Ok(n)) => out.advance(n),
+            Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+            Poll::Pending => return Poll::Pending,
+        }
     }
 }
 

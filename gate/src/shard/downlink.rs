@@ -93,7 +93,7 @@ impl GateSink for Shard {
                 encode_frame(cmd::BIZ, rsp, log_id, seq, &body)
             }
         };
-        conn.push(frame, self.settings.max_outbound);
+        self.queue(&conn, frame);
     }
 
     fn downlink(&self, downlink: Downlink) {
@@ -107,7 +107,7 @@ impl GateSink for Shard {
                     };
                     let frame = encode_frame(cmd::NOTIFY, MsgType::Notify, 0, 0, &body);
                     self.each_session(update.uid, n.exclude_session, |conn| {
-                        conn.push(frame.clone(), self.settings.max_outbound)
+                        self.queue(conn, frame.clone())
                     });
                 }
             }
@@ -136,7 +136,7 @@ impl GateSink for Shard {
                         .1
                         .clone();
                     self.each_session(uid, r.exclude_session, |conn| {
-                        conn.push(frame.clone(), self.settings.max_outbound)
+                        self.queue(conn, frame.clone())
                     });
                 }
             }
@@ -183,7 +183,7 @@ impl Shard {
                 })
                 .clone();
             self.each_session(uid, d.exclude_session, |conn| {
-                conn.push(frame.clone(), self.settings.max_outbound)
+                self.queue(conn, frame.clone())
             });
         }
     }

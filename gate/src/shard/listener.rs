@@ -4,7 +4,8 @@
 //! backlog), created on the main thread so that port 0 resolves once and every shard binds the
 //! same port; the kernel spreads new connections across them. At the open-file limit (or when
 //! the kernel is out of buffers) the loop backs off instead of spinning. A shard at its share of
-//! `gate.max_connections` still accepts, answers the first bytes with KICK 2 and closes.
+//! `limits.max_connections` still accepts, answers the first bytes with KICK 2 (`reconnect_to` =
+//! `gate.peers`, a jittered `retry_after_ms`) and closes.
 
 use std::io;
 use std::net::SocketAddr;
@@ -113,14 +114,28 @@ pub(crate) fn admit(shard: &Rc<Shard>, stream: TcpStream, arrival: Arrival) {
     if shard.at_capacity() || shard.stopping.get() {
         let retry_after_ms = 1000 + (shard.random() % 4000) as u32;
         let login_timeout = shard.settings.login_timeout;
-        glommio::spawn_local(refuse(stream, arrival, retry_after_ms, login_timeout)).detach();
+        let peers = shard.settings.peers.clone();
+        glommio::spawn_local(refuse(
+            stream,
+            arrival,
+            peers,
+            retry_after_ms,
+            login_timeout,
+        ))
+        .detach();
         return;
     }
     glommio::spawn_local(serve(Rc::clone(shard), stream, arrival)).detach();
 }
 
 /// KICK 2 for a connection the shard cannot take, once its first bytes show it is a client.
-async fn refuse(mut stream: TcpStream, mut arrival: Arrival, retry_after_ms: u32, wait: Duration) {
+async fn refuse(
+    mut stream: TcpStream,
+    mut arrival: Arrival,
+    reconnect_to: Vec<String>,
+    retry_after_ms: u32,
+    wait: Duration,
+) {
     if arrival.buffered.is_empty() {
         let mut first = [0u8; 64];
         let read = futures_lite::AsyncReadExt::read(&mut stream, &mut first);
@@ -132,7 +147,7 @@ async fn refuse(mut stream: TcpStream, mut arrival: Arrival, retry_after_ms: u32
     let kick = Kick {
         reason: KickReason::Draining.wire(),
         message: "gate at capacity".into(),
-        reconnect_to: Vec::new(),
+        reconnect_to,
         retry_after_ms,
     };
     let frame = encode_frame(cmd::KICK, MsgType::Notify, 0, 0, &kick);

@@ -129,6 +129,9 @@ pub fn start(settings: Settings) -> Result<GateHandle, StartError> {
     if let Some(warning) = listener::memlock_warning(&settings) {
         tracing::warn!("{warning}");
     }
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     let (fds, local_addr) = listener::bind_all(&settings)?;
     let count = settings.shards.get();
     let mesh: MeshBuilder<Handoff, _> = MeshBuilder::full(count, settings.handoff_queue.get());

@@ -62,19 +62,10 @@ pub(crate) struct ConnShared {
 }
 
 impl ConnShared {
-    /// Queues a frame and wakes the connection to flush it. A queue that would pass `max_bytes`
-    /// is a slow consumer: its backlog is dropped and the connection kicked (KICK 4).
-    pub fn push(&self, frame: Bytes, max_bytes: usize) {
-        {
-            let mut out = self.out.borrow_mut();
-            if out.bytes() + frame.len() > max_bytes {
-                out.clear();
-                drop(out);
-                self.request_kick(KickReason::SlowConsumer);
-                return;
-            }
-            out.push(frame);
-        }
+    /// Queues a frame and wakes the connection to flush it. Limits are the shard's business:
+    /// see [`Shard::queue`].
+    fn push(&self, frame: Bytes) {
+        self.out.borrow_mut().push(frame);
         self.wake();
     }
 
@@ -242,7 +233,7 @@ pub(crate) struct Shard {
     pub settings: Settings,
     /// Local token check; `None` with `auth.mode = "backend"`, where the backend decides.
     pub auth: Option<Authenticator>,
-    /// This shard's share of `gate.max_connections`.
+    /// This shard's share of the gate's connection limit (`limits.max_connections`).
     pub max_connections: usize,
     conns: RefCell<ConnTable>,
     pub registry: RefCell<Registry<ConnKey>>,
@@ -255,6 +246,8 @@ pub(crate) struct Shard {
     pub backend: OnceCell<Rc<EmbeddedShard>>,
     next_session: Cell<u64>,
     pub stopping: Cell<bool>,
+    /// Unsent bytes queued on all of this shard's connections.
+    outbound: Cell<usize>,
     stats: Arc<PublishedStats>,
     rng: Cell<u64>,
 }
@@ -282,6 +275,7 @@ impl Shard {
             backend: OnceCell::new(),
             next_session: Cell::new(1),
             stopping: Cell::new(false),
+            outbound: Cell::new(0),
             stats,
             rng: Cell::new(
                 0x2545_F491_4F6C_DD1D ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -307,6 +301,37 @@ impl Shard {
 
     pub fn at_capacity(&self) -> bool {
         self.connections() >= self.max_connections
+    }
+
+    /// Queues `frame` on `conn` within the limits: a connection whose unsent output would pass
+    /// `limits.outbound_bytes`, or that would take the shard past `limits.shard_outbound_bytes`,
+    /// is a slow consumer: its backlog is dropped (its PUSHes are reported undelivered when it
+    /// closes) and it is kicked (KICK 4).
+    pub fn queue(&self, conn: &ConnShared, frame: Bytes) {
+        let len = frame.len();
+        let limits = &self.settings.limits;
+        let backlog = conn.out().bytes();
+        if backlog + len > limits.outbound_bytes
+            || self.outbound.get() + len > limits.shard_outbound_bytes
+        {
+            conn.out().clear();
+            self.outbound.set(self.outbound.get() - backlog);
+            conn.request_kick(KickReason::SlowConsumer);
+            return;
+        }
+        self.outbound.set(self.outbound.get() + len);
+        conn.push(frame);
+    }
+
+    /// Queues a connection's last frames (ERROR, KICK, LOGOUT's answer) whatever the limits.
+    pub fn queue_last(&self, conn: &ConnShared, frame: Bytes) {
+        self.outbound.set(self.outbound.get() + frame.len());
+        conn.push(frame);
+    }
+
+    /// `n` queued bytes left the shard (written, or dropped with their connection).
+    pub fn unqueued(&self, n: usize) {
+        self.outbound.set(self.outbound.get().saturating_sub(n));
     }
 
     /// The shared part of a live connection.

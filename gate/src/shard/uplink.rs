@@ -8,8 +8,8 @@ use router::backend::Request;
 use router::link;
 
 use crate::protocol::pb::{
-    Ack, BizReq, BizResp, PullReq, PullResp, ReadReq, Result as ResultBody, SendReq, SendResp,
-    SyncResp,
+    Ack, BizReq, BizResp, LoginResp, PullReq, PullResp, ReadReq, Result as ResultBody, SendReq,
+    SendResp, SyncResp,
 };
 use crate::protocol::{Code, Frame, MsgType, cmd, encode_frame};
 use crate::session::error_frame;
@@ -121,6 +121,17 @@ pub(crate) fn translate(frame: Frame, who: &Asker) -> Uplink {
 pub(crate) fn refusal(command: u8, log_id: u32, seq: u32, code: Code, message: &str) -> Bytes {
     let (rsp, code, message) = (MsgType::Response, code.wire(), message.to_string());
     match command {
+        cmd::LOGIN => encode_frame(
+            command,
+            rsp,
+            log_id,
+            seq,
+            &LoginResp {
+                code,
+                message,
+                ..Default::default()
+            },
+        ),
         cmd::SEND => encode_frame(
             command,
             rsp,
