@@ -74,6 +74,8 @@ pub enum CloseWhy {
     LoginTimeout,
     LoginRefused,
     Idle,
+    /// PUSHes went unacknowledged and the PING probe was not answered.
+    ProbeUnanswered,
     Protocol,
     Kicked(KickReason),
 }
@@ -93,6 +95,8 @@ pub struct ConnSession {
     /// `last_rx` as it was when the gate last sent a PING: one probe per silence.
     probed_at_rx: Option<Instant>,
     next_ping_seq: u32,
+    /// A delivery probe in flight (PUSHes were given up on): its deadline and PING seq.
+    delivery_probe: Option<(Instant, u32)>,
 }
 
 impl ConnSession {
@@ -106,6 +110,7 @@ impl ConnSession {
             heartbeat,
             probed_at_rx: None,
             next_ping_seq: 1,
+            delivery_probe: None,
         }
     }
 
@@ -139,7 +144,13 @@ impl ConnSession {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::AwaitingLogin | Phase::LoginPending => Some(self.login_deadline),
-            Phase::LoggedIn(_) => Some(self.probe_due().unwrap_or_else(|| self.idle_deadline())),
+            Phase::LoggedIn(_) => {
+                let liveness = self.probe_due().unwrap_or_else(|| self.idle_deadline());
+                Some(match self.delivery_probe {
+                    Some((deadline, _)) => liveness.min(deadline),
+                    None => liveness,
+                })
+            }
             Phase::Closing => None,
         }
     }
@@ -151,17 +162,37 @@ impl ConnSession {
             _ => return Action::None,
         }
         match self.phase {
+            Phase::LoggedIn(_) if self.delivery_probe.is_some_and(|(at, _)| now >= at) => {
+                self.close_with_kick(None, KickReason::IdleTimeout, CloseWhy::ProbeUnanswered)
+            }
             Phase::LoggedIn(_) if now >= self.idle_deadline() => {
                 self.close_with_kick(None, KickReason::IdleTimeout, CloseWhy::Idle)
             }
-            Phase::LoggedIn(_) => {
+            Phase::LoggedIn(_) if self.probe_due().is_some_and(|at| now >= at) => {
                 self.probed_at_rx = Some(self.last_rx);
-                let seq = self.next_ping_seq;
-                self.next_ping_seq = seq.wrapping_add(1).max(1);
-                Action::Reply(encode_frame(cmd::PING, MsgType::Request, 0, seq, &()))
+                Action::Reply(self.ping().1)
             }
+            Phase::LoggedIn(_) => Action::None,
             _ => self.close(Vec::new(), CloseWhy::LoginTimeout),
         }
+    }
+
+    /// PUSHes were given up on: PING the client, and close it (KICK 6) if no answer comes
+    /// within `timeout`. One probe at a time.
+    pub fn probe_delivery(&mut self, now: Instant, timeout: Duration) -> Action {
+        if !matches!(self.phase, Phase::LoggedIn(_)) || self.delivery_probe.is_some() {
+            return Action::None;
+        }
+        let (seq, ping) = self.ping();
+        self.delivery_probe = Some((now + timeout, seq));
+        Action::Reply(ping)
+    }
+
+    /// A PING request from the gate, with a fresh non-zero seq.
+    fn ping(&mut self) -> (u32, Bytes) {
+        let seq = self.next_ping_seq;
+        self.next_ping_seq = seq.wrapping_add(1).max(1);
+        (seq, encode_frame(cmd::PING, MsgType::Request, 0, seq, &()))
     }
 
     /// One complete frame from the client.
@@ -179,7 +210,12 @@ impl ConnSession {
                 frame.seq,
                 &(),
             )),
-            (cmd::PING, MsgType::Response) => Action::PingAnswered { seq: frame.seq },
+            (cmd::PING, MsgType::Response) => {
+                if self.delivery_probe.is_some_and(|(_, seq)| seq == frame.seq) {
+                    self.delivery_probe = None;
+                }
+                Action::PingAnswered { seq: frame.seq }
+            }
             (cmd::LOGIN, MsgType::Request) => self.handle_login(frame),
             (cmd::LOGOUT, MsgType::Request) if logged_in => {
                 let reply =

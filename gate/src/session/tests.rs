@@ -374,3 +374,43 @@ fn kick_of_a_logged_in_session_sends_its_reason_and_nothing_after_closing() {
         Action::None
     );
 }
+
+#[test]
+fn unanswered_delivery_probe_closes_with_kick_6_and_an_answer_clears_it() {
+    let t0 = Instant::now();
+    let probe_timeout = Duration::from_secs(5);
+    let mut s = session(t0);
+    log_in(&mut s, 42, t0);
+    let ping = reply(s.probe_delivery(t0, probe_timeout));
+    assert_eq!((ping.cmd, ping.msg_type), (cmd::PING, MsgType::Request));
+    assert_eq!(
+        s.probe_delivery(t0, probe_timeout),
+        Action::None,
+        "one probe at a time"
+    );
+    assert_eq!(s.poll_timeout(), Some(t0 + probe_timeout));
+    // Another frame is not an answer; the PING response with its seq is.
+    let _ = s.handle_frame(
+        frame(cmd::PING, MsgType::Request, 9, ()),
+        t0 + Duration::from_secs(1),
+    );
+    assert_eq!(s.poll_timeout(), Some(t0 + probe_timeout));
+    let answer = frame(cmd::PING, MsgType::Response, ping.seq, ());
+    assert_eq!(
+        s.handle_frame(answer, t0 + Duration::from_secs(2)),
+        Action::PingAnswered { seq: ping.seq }
+    );
+    assert_eq!(s.handle_timeout(t0 + probe_timeout), Action::None);
+
+    let t1 = t0 + Duration::from_secs(10);
+    let _ = reply(s.probe_delivery(t1, probe_timeout));
+    match s.handle_timeout(t1 + probe_timeout) {
+        Action::Close {
+            frames,
+            why: CloseWhy::ProbeUnanswered,
+        } => {
+            assert_eq!(Kick::decode(decode_one(&frames[0]).body).unwrap().reason, 6);
+        }
+        other => panic!("{other:?}"),
+    }
+}
