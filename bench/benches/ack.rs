@@ -1,0 +1,156 @@
+//! Criterion benchmarks of `gate::delivery::AckTracker`, the per-session record of PUSHes
+//! awaiting ACK, on virtual time (the tracker never reads the clock; we pass `now`).
+//!
+//! - `ack/burst64_batched_ack/*`: track 64 PUSHes, then one ACK naming all 64; throughput is
+//!   per PUSH (one track plus its share of the ACK). `from_empty` starts each burst from an
+//!   empty (unallocated) tracker, as an otherwise idle session does; `warm` keeps one PUSH
+//!   pending so the tracker's memory stays allocated.
+//! - `ack/steady_1000_pending`: 1,000 PUSHes pending; each iteration tracks one more and ACKs
+//!   the oldest (the FIFO head goes dead and is skipped lazily).
+//! - `ack/single_in_flight`: track one, ACK it: the tracker allocates and frees its state every
+//!   time (the price of an idle session holding nothing).
+//! - `ack/timeout_resend_1000`: 1,000 PUSHes come due together; one `handle_timeout` resends
+//!   them all (per PUSH).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use gate::delivery::{AckConfig, AckTracker, ConvRef};
+
+const CFG: AckConfig = AckConfig {
+    ack_timeout: Duration::from_millis(5_000),
+    max_backoff: Duration::from_millis(60_000),
+    max_retries: 3,
+    max_pending: 4_096,
+};
+
+const CONV: ConvRef = ConvRef {
+    conv_type: 2,
+    conv_id: 42,
+};
+
+/// One encoded PUSH shared by every track, as a fan-out frame is.
+fn frame() -> Bytes {
+    Bytes::from(vec![0u8; 160])
+}
+
+fn burst(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ack/burst64_batched_ack");
+    group.throughput(Throughput::Elements(64));
+    let frame = frame();
+    let ids: Vec<u64> = (1..=64).collect();
+    let mut delivered = Vec::with_capacity(64);
+
+    for (name, keep_one) in [("from_empty", false), ("warm", true)] {
+        let t0 = Instant::now();
+        let mut t = AckTracker::new();
+        if keep_one {
+            t.track(0, CONV, frame.clone(), t0, &CFG).expect("room");
+        }
+        let mut now = t0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                now += Duration::from_micros(1);
+                for &id in &ids {
+                    t.track(id, CONV, frame.clone(), now, &CFG).expect("room");
+                }
+                delivered.clear();
+                t.ack(black_box(&ids), &mut delivered);
+                black_box(delivered.len())
+            })
+        });
+        assert_eq!(t.len(), usize::from(keep_one));
+    }
+    group.finish();
+}
+
+fn steady(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ack");
+    group.throughput(Throughput::Elements(1));
+    let frame = frame();
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut t = AckTracker::new();
+    const WINDOW: u64 = 1_000;
+    for id in 0..WINDOW {
+        t.track(id, CONV, frame.clone(), now, &CFG).expect("room");
+    }
+    let mut next = WINDOW;
+    let mut delivered = Vec::with_capacity(1);
+    group.bench_function("steady_1000_pending", |b| {
+        b.iter(|| {
+            now += Duration::from_micros(1);
+            t.track(next, CONV, frame.clone(), now, &CFG).expect("room");
+            delivered.clear();
+            t.ack(&[next - WINDOW], &mut delivered);
+            next += 1;
+            black_box(delivered.len())
+        })
+    });
+    assert_eq!(t.len(), WINDOW as usize);
+
+    let mut t = AckTracker::new();
+    let mut id = 0u64;
+    group.bench_function("single_in_flight", |b| {
+        b.iter(|| {
+            now += Duration::from_micros(1);
+            id += 1;
+            t.track(id, CONV, frame.clone(), now, &CFG).expect("room");
+            delivered.clear();
+            t.ack(&[id], &mut delivered);
+            black_box(delivered.len())
+        })
+    });
+    assert!(t.is_empty());
+    group.finish();
+}
+
+fn timeout(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ack");
+    group.throughput(Throughput::Elements(1_000));
+    let frame = frame();
+    let t0 = Instant::now();
+    let mut resend = Vec::with_capacity(1_000);
+    let mut undelivered = Vec::new();
+    group.bench_function("timeout_resend_1000", |b| {
+        b.iter_batched_ref(
+            || {
+                let mut t = AckTracker::new();
+                for id in 0..1_000u64 {
+                    // Ids arrive out of order across conversations; resends come out sorted.
+                    let id = id.wrapping_mul(0x9E37_79B9) % 1_000_003;
+                    let conv = ConvRef {
+                        conv_type: 1,
+                        conv_id: id % 7,
+                    };
+                    t.track(id, conv, frame.clone(), t0, &CFG).expect("room");
+                }
+                t
+            },
+            |t| {
+                resend.clear();
+                let gave_up =
+                    t.handle_timeout(t0 + CFG.ack_timeout, &CFG, &mut resend, &mut undelivered);
+                black_box((gave_up, resend.len()))
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = burst, steady, timeout
+}
+criterion_main!(benches);
