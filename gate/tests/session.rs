@@ -250,3 +250,17 @@ fn stopping_the_gate_kicks_sessions_with_reason_2_and_closes() {
         _ => panic!("expected a close, at most after KICK 2: {frames:?}"),
     }
 }
+
+#[test]
+fn a_kicked_session_leaves_the_registry() {
+    let gate = TestGate::start_with(|c| c.gate.heartbeat_secs = 1);
+    let (mut idle, _) = gate.login(36, "d");
+    idle.set_auto_pong(false);
+    let frames = idle
+        .wait_closed(Duration::from_secs(4) + WAIT)
+        .expect("closed at the idle deadline");
+    assert!(frames.iter().any(|f| f.cmd == cmd::KICK), "{frames:?}");
+    let stats = gate.stats_when(|s| s.iter().all(|s| s.sessions == 0 && s.connections == 0));
+    assert!(stats.iter().all(|s| s.sessions == 0), "{stats:?}");
+    gate.stop();
+}

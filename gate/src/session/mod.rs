@@ -31,8 +31,9 @@ pub enum Phase {
     /// A LOGIN is being decided by the shard (token check, owner shard).
     LoginPending,
     LoggedIn(LoggedIn),
-    /// A close was decided; nothing more is read.
-    Closing,
+    /// A close was decided; nothing more is read. Keeps who it was, if it had logged in, so
+    /// the shell can unregister it and account for its pending PUSHes.
+    Closing(Option<LoggedIn>),
 }
 
 /// Who a logged-in connection belongs to.
@@ -133,6 +134,14 @@ impl ConnSession {
         }
     }
 
+    /// Who this connection is or was: logged in, or closing after having logged in.
+    pub fn identity(&self) -> Option<&LoggedIn> {
+        match &self.phase {
+            Phase::LoggedIn(s) | Phase::Closing(Some(s)) => Some(s),
+            _ => None,
+        }
+    }
+
     pub fn login_deadline(&self) -> Instant {
         self.login_deadline
     }
@@ -151,7 +160,7 @@ impl ConnSession {
                     None => liveness,
                 })
             }
-            Phase::Closing => None,
+            Phase::Closing(_) => None,
         }
     }
 
@@ -197,7 +206,7 @@ impl ConnSession {
 
     /// One complete frame from the client.
     pub fn handle_frame(&mut self, frame: Frame, now: Instant) -> Action {
-        if self.phase == Phase::Closing {
+        if matches!(self.phase, Phase::Closing(_)) {
             return Action::None;
         }
         self.last_rx = now;
@@ -265,7 +274,7 @@ impl ConnSession {
     /// The shell kicks this session (duplicate login, drain, admin...): KICK if logged in, then
     /// close.
     pub fn kick(&mut self, reason: KickReason, message: &str) -> Action {
-        if self.phase == Phase::Closing {
+        if matches!(self.phase, Phase::Closing(_)) {
             return Action::None;
         }
         let frames = match self.phase {
@@ -355,7 +364,11 @@ impl ConnSession {
     }
 
     fn close(&mut self, frames: Vec<Bytes>, why: CloseWhy) -> Action {
-        self.phase = Phase::Closing;
+        let who = match std::mem::replace(&mut self.phase, Phase::Closing(None)) {
+            Phase::LoggedIn(who) | Phase::Closing(Some(who)) => Some(who),
+            _ => None,
+        };
+        self.phase = Phase::Closing(who);
         Action::Close { frames, why }
     }
 }

@@ -414,3 +414,16 @@ fn unanswered_delivery_probe_closes_with_kick_6_and_an_answer_clears_it() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_closing_session_still_knows_who_it_was() {
+    let t0 = Instant::now();
+    let mut s = session(t0);
+    log_in(&mut s, 42, t0);
+    let _ = s.kick(KickReason::SlowConsumer, "");
+    assert!(s.logged_in().is_none());
+    assert_eq!(s.identity().map(|w| w.uid), Some(42));
+    let mut fresh = session(t0);
+    let _ = fresh.handle_timeout(t0 + LOGIN_TIMEOUT);
+    assert!(fresh.identity().is_none());
+}

@@ -37,8 +37,9 @@ use glommio::net::TcpStream;
 use super::handoff::Handoff;
 use super::io::{Nb, OutQueue, recv_into};
 use super::owner_shard;
-use super::state::{ConnKey, ConnShared, Counter, Shard};
+use super::state::{ConnKey, ConnShared, Counter, Shard, TimerKey};
 use super::uplink::{Asker, Uplink, refusal, translate};
+use crate::delivery::ConvRef;
 use crate::delivery::TimerId;
 use crate::protocol::pb::{LoginReq, LoginResp};
 use crate::protocol::{Code, Frame, FrameDecoder, KickReason, MsgType, cmd, encode_frame};
@@ -73,6 +74,8 @@ enum Wake {
     Gone,
     Kick(KickReason),
     Timer,
+    /// The ack tracker's deadline moved earlier: re-arm the connection's timer.
+    Rearm,
     LoginResult(router::link::LoginResult),
 }
 
@@ -152,8 +155,14 @@ impl Conn {
                 Wake::Kick(reason) => self.session.kick(reason, kick_message(reason)),
                 Wake::Timer => {
                     self.timer = None;
-                    self.session.handle_timeout(Instant::now())
+                    let now = Instant::now();
+                    let action = self.session.handle_timeout(now);
+                    if let Some(exit) = self.apply(action) {
+                        return exit;
+                    }
+                    self.retry_pushes(now)
                 }
+                Wake::Rearm => continue,
                 Wake::LoginResult(result) => {
                     let Some(pending) = self.pending_login.take() else {
                         continue;
@@ -229,6 +238,31 @@ impl Conn {
         }
     }
 
+    /// Resends PUSHes whose ACK is overdue; those out of retries are reported undelivered and
+    /// the client is probed with a PING (no answer within `delivery.probe_timeout_ms`: KICK 6).
+    fn retry_pushes(&mut self, now: Instant) -> Action {
+        let (mut resend, mut undelivered) = (Vec::new(), Vec::new());
+        let gave_up = self.shared.acks().handle_timeout(
+            now,
+            &self.shard.delivery.ack,
+            &mut resend,
+            &mut undelivered,
+        );
+        for frame in resend {
+            self.queue(frame);
+        }
+        if let Some(who) = self.session.logged_in() {
+            self.shard
+                .report(who.uid, who.session_id, &[], &undelivered, now);
+        }
+        if gave_up {
+            return self
+                .session
+                .probe_delivery(now, self.shard.settings.delivery.probe_timeout());
+        }
+        Action::None
+    }
+
     /// One request's worth of the connection's rate (PING and notifies never count).
     fn take_token(&mut self, now: Instant) -> bool {
         let limits = &self.shard.settings.limits;
@@ -251,6 +285,21 @@ impl Conn {
         let (command, log_id, seq) = (frame.cmd, frame.log_id, frame.seq);
         match translate(frame, &who) {
             Uplink::Submit(request) => {
+                if let Request::Pull(pull) = &request
+                    && pull.before_msg_id == 0
+                {
+                    // A forward PULL acknowledges everything up to its after_msg_id.
+                    let conv = ConvRef {
+                        conv_type: pull.conv_type,
+                        conv_id: pull.conv_id,
+                    };
+                    let mut delivered = Vec::new();
+                    self.shared
+                        .acks()
+                        .clear_through(conv, pull.after_msg_id, &mut delivered);
+                    self.shard
+                        .report(who.uid, who.session_id, &delivered, &[], Instant::now());
+                }
                 let origin = Origin {
                     shard: self.shard.index as u32,
                     conn: self.key.pack(),
@@ -268,15 +317,11 @@ impl Conn {
             }
             // Acknowledged PUSHes are reported delivered. (The retry engine, and the batching of
             // these reports, come with the delivery engine.)
-            Uplink::Ack(delivered) => {
-                if let Some(backend) = self.shard.backend.get() {
-                    backend.report(router::link::DeliveryReport {
-                        uid: who.uid,
-                        session_id: who.session_id,
-                        delivered,
-                        undelivered: Vec::new(),
-                    });
-                }
+            Uplink::Ack(ids) => {
+                let mut delivered = Vec::new();
+                self.shared.acks().ack(&ids, &mut delivered);
+                self.shard
+                    .report(who.uid, who.session_id, &delivered, &[], Instant::now());
             }
             Uplink::Refuse(frame) => self.queue(frame),
         }
@@ -417,16 +462,18 @@ impl Conn {
     /// deadline (the usual case: activity pushed the idle deadline out) is left to the armed
     /// entry, which fires, finds nothing due and re-arms: no wheel work per frame.
     fn rearm_timer(&mut self) {
-        let Some(due) = self.session.poll_timeout() else {
+        let session_due = self.session.poll_timeout();
+        let acks_due = self.shared.acks().poll_timeout();
+        let Some(due) = session_due.into_iter().chain(acks_due).min() else {
             return;
         };
         match self.timer {
             Some((_, armed)) if armed <= due => {}
             Some((id, _)) => {
                 self.shard.cancel_timer(id);
-                self.timer = Some((self.shard.arm_timer(self.key, due), due));
+                self.timer = Some((self.shard.arm_timer(TimerKey::Conn(self.key), due), due));
             }
-            None => self.timer = Some((self.shard.arm_timer(self.key, due), due)),
+            None => self.timer = Some((self.shard.arm_timer(TimerKey::Conn(self.key), due), due)),
         }
     }
 
@@ -441,6 +488,9 @@ impl Conn {
             }
             if self.shared.take_timer_due() {
                 return Poll::Ready(Wake::Timer);
+            }
+            if self.shared.take_rearm() {
+                return Poll::Ready(Wake::Rearm);
             }
             if !self.shared.out().is_empty()
                 && let Poll::Ready(Err(err)) = self.poll_flush(cx)
@@ -490,7 +540,7 @@ impl Conn {
         if let Some((id, _)) = self.timer.take() {
             self.shard.cancel_timer(id);
         }
-        if let Some(who) = self.session.logged_in() {
+        if let Some(who) = self.session.identity() {
             let removed =
                 self.shard
                     .registry
@@ -505,6 +555,14 @@ impl Conn {
                     platform: 0,
                 });
             }
+        }
+        self.shard.forget_notifies(self.key);
+        if let Some(who) = self.session.identity() {
+            // Whatever is still pending will not be acknowledged on this connection.
+            let mut undelivered = Vec::new();
+            self.shared.acks().drain(&mut undelivered);
+            self.shard
+                .report(who.uid, who.session_id, &[], &undelivered, Instant::now());
         }
         self.shard.remove_conn(self.key);
         match exit {

@@ -6,15 +6,17 @@
 //! two: the recipient sees `conv_id = from`, the sender's other devices `conv_id = to`; a group
 //! has one) with `seq = 0`, and the same `Bytes` is queued to every connection.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use prost::Message;
 use router::backend::{Downlink, GateSink, Origin, Reply};
 use router::link;
 
 use super::state::{ConnKey, ConnShared, Shard};
+use crate::delivery::ConvRef;
 use crate::protocol::pb::{
-    BizResp, ConvUpdate, Notify, PullResp, PushMsg, ReadReceipt, Result as ResultBody, SendResp,
-    SyncResp,
+    BizResp, ConvUpdate, PullResp, PushMsg, ReadReceipt, Result as ResultBody, SendResp, SyncResp,
 };
 use crate::protocol::{Code, KickReason, MsgType, cmd, encode_frame};
 
@@ -100,15 +102,12 @@ impl GateSink for Shard {
         match downlink {
             Downlink::Deliver(d) => self.deliver(d),
             Downlink::Notify(n) => {
+                let now = Instant::now();
                 for update in n.updates {
                     let Some(conv) = update.conv else { continue };
-                    let body = Notify {
-                        updates: vec![conv_update(conv)],
-                    };
-                    let frame = encode_frame(cmd::NOTIFY, MsgType::Notify, 0, 0, &body);
-                    self.each_session(update.uid, n.exclude_session, |conn| {
-                        self.queue(conn, frame.clone())
-                    });
+                    for key in self.session_keys(update.uid, n.exclude_session) {
+                        self.notify(key, conv_update(conv), now);
+                    }
                 }
             }
             Downlink::ReadReceipt(r) => {
@@ -161,9 +160,10 @@ impl GateSink for Shard {
 impl Shard {
     fn deliver(&self, d: link::Deliver) {
         let Some(msg) = d.msg else { return };
+        let now = Instant::now();
         // Encoded lazily, once per point of view.
-        let mut for_recipient: Option<Bytes> = None;
-        let mut for_sender: Option<Bytes> = None;
+        let mut for_recipient: Option<(ConvRef, Bytes)> = None;
+        let mut for_sender: Option<(ConvRef, Bytes)> = None;
         for &uid in &d.recipients {
             let single = msg.conv_type == router::conv::SINGLE;
             let slot = if single && uid == msg.from && msg.from != msg.to {
@@ -171,36 +171,46 @@ impl Shard {
             } else {
                 &mut for_recipient
             };
-            let frame = slot
-                .get_or_insert_with(|| {
-                    encode_frame(
-                        cmd::PUSH,
-                        MsgType::Notify,
-                        0,
-                        0,
-                        &push_msg(msg.clone(), uid),
-                    )
-                })
-                .clone();
+            let (conv, frame) = slot.get_or_insert_with(|| {
+                let push = push_msg(msg.clone(), uid);
+                let conv = ConvRef {
+                    conv_type: push.conv_type,
+                    conv_id: push.conv_id,
+                };
+                (conv, encode_frame(cmd::PUSH, MsgType::Notify, 0, 0, &push))
+            });
+            let (conv, frame) = (*conv, frame.clone());
             self.each_session(uid, d.exclude_session, |conn| {
-                self.queue(conn, frame.clone())
+                self.push_tracked(conn, msg.msg_id, conv, &frame, now)
             });
         }
     }
 
+    /// The connections of `uid` on this shard, but the session `exclude`.
+    fn session_keys(&self, uid: u64, exclude: u64) -> Vec<ConnKey> {
+        self.registry
+            .borrow()
+            .devices(uid)
+            .iter()
+            .filter(|d| exclude == 0 || d.session_id != exclude)
+            .map(|d| d.conn)
+            .collect()
+    }
+
     /// Runs `f` on every connection of `uid` on this shard but the session `exclude`.
+    ///
+    /// Iterates under a shared borrow of the registry (no allocation per recipient): `f` only
+    /// queues frames, tracks PUSHes and reports, none of which changes the registry; only
+    /// connection tasks register and unregister, and none runs inside `f`.
     fn each_session(&self, uid: u64, exclude: u64, mut f: impl FnMut(&ConnShared)) {
-        let conns: Vec<_> = {
-            let registry = self.registry.borrow();
-            registry
-                .devices(uid)
-                .iter()
-                .filter(|d| exclude == 0 || d.session_id != exclude)
-                .filter_map(|d| self.conn(d.conn))
-                .collect()
-        };
-        for conn in conns {
-            f(&conn);
+        let registry = self.registry.borrow();
+        for device in registry.devices(uid) {
+            if exclude != 0 && device.session_id == exclude {
+                continue;
+            }
+            if let Some(conn) = self.conn(device.conn) {
+                f(&conn);
+            }
         }
     }
 }

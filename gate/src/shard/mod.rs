@@ -10,6 +10,7 @@
 //! the hand-off mesh here and the embedded backend's own (`router::backend::embedded`).
 
 mod conn;
+mod delivery;
 mod downlink;
 mod handoff;
 mod io;
@@ -31,6 +32,7 @@ use router::backend::embedded;
 
 use crate::config::Settings;
 use crate::protocol::KickReason;
+pub use delivery::DeliveryObserver;
 use handoff::Handoff;
 use state::{PublishedStats, Shard};
 
@@ -126,6 +128,14 @@ impl Drop for GateHandle {
 
 /// Starts every shard and returns once all of them are accepting.
 pub fn start(settings: Settings) -> Result<GateHandle, StartError> {
+    start_observed(settings, None)
+}
+
+/// [`start`], with every PUSH and delivery report shown to `observer` (tests, audits).
+pub fn start_observed(
+    settings: Settings,
+    observer: Option<Arc<dyn DeliveryObserver>>,
+) -> Result<GateHandle, StartError> {
     if let Some(warning) = listener::memlock_warning(&settings) {
         tracing::warn!("{warning}");
     }
@@ -154,6 +164,7 @@ pub fn start(settings: Settings) -> Result<GateHandle, StartError> {
             mesh: (count > 1).then(|| mesh.clone()),
             backend_mesh: (count > 1).then(|| backend_mesh.clone()),
             stats: Arc::clone(&stats),
+            observer: observer.clone(),
             ready: ready_tx.clone(),
         };
         let cpu = cpus
@@ -223,6 +234,7 @@ struct ShardStart {
     mesh: Option<MeshBuilder<Handoff, glommio::channels::channel_mesh::Full>>,
     backend_mesh: Option<embedded::Mesh>,
     stats: Arc<PublishedStats>,
+    observer: Option<Arc<dyn DeliveryObserver>>,
     ready: mpsc::Sender<Result<(), String>>,
 }
 
@@ -231,6 +243,7 @@ async fn run_shard(ctx: ShardStart) {
         ctx.index,
         ctx.settings,
         ctx.stats,
+        ctx.observer.clone(),
         Instant::now(),
     ));
     // SAFETY: both fds are ours alone; the glommio wrappers take over closing them.
@@ -286,6 +299,8 @@ async fn run_shard(ctx: ShardStart) {
     while shard.connections() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
+    // What the closed sessions left pending was reported undelivered; send it now.
+    shard.flush_all_reports();
 }
 
 /// The CPUs this process may run on, in order.

@@ -14,11 +14,12 @@ use glommio::channels::channel_mesh::Senders;
 use router::backend::embedded::EmbeddedShard;
 
 use super::ShardStats;
+use super::delivery::{DeliveryObserver, ShardDelivery};
 use super::handoff::Handoff;
 use super::io::OutQueue;
 use crate::auth::Authenticator;
 use crate::config::Settings;
-use crate::delivery::{TimerId, TimerWheel};
+use crate::delivery::{AckTracker, TimerId, TimerWheel};
 use crate::protocol::KickReason;
 use crate::session::Registry;
 
@@ -45,6 +46,17 @@ impl ConnKey {
     }
 }
 
+/// What a wheel entry of the shard stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimerKey {
+    /// A connection's one deadline (login, idle, probe, ack retry): the connection decides.
+    Conn(ConnKey),
+    /// The report batcher's flush deadline.
+    Reports,
+    /// The notify merger's next window end.
+    Notify,
+}
+
 /// The part of a connection that others on its shard reach: its outbound queue (answers from
 /// the backend and pushes are queued here by the shard), who it is once logged in, and the
 /// shared the timer task, a newer login of the same device or a stop raise. The connection
@@ -55,6 +67,10 @@ pub(crate) struct ConnShared {
     kick: Cell<Option<KickReason>>,
     timer_due: Cell<bool>,
     login_result: RefCell<Option<router::link::LoginResult>>,
+    /// PUSHes awaiting their ACK.
+    acks: RefCell<AckTracker>,
+    /// The ack tracker's deadline may now be earlier than the connection's armed timer.
+    rearm: Cell<bool>,
     waker: Cell<Option<Waker>>,
     /// 0 until logged in.
     uid: Cell<u64>,
@@ -79,6 +95,20 @@ impl ConnShared {
             self.kick.set(Some(reason));
         }
         self.wake();
+    }
+
+    /// The session's pending PUSHes. Never held across an `.await`.
+    pub fn acks(&self) -> std::cell::RefMut<'_, AckTracker> {
+        self.acks.borrow_mut()
+    }
+
+    pub fn request_rearm(&self) {
+        self.rearm.set(true);
+        self.wake();
+    }
+
+    pub fn take_rearm(&self) -> bool {
+        self.rearm.replace(false)
     }
 
     pub fn mark_timer_due(&self) {
@@ -237,7 +267,9 @@ pub(crate) struct Shard {
     pub max_connections: usize,
     conns: RefCell<ConnTable>,
     pub registry: RefCell<Registry<ConnKey>>,
-    wheel: RefCell<TimerWheel<ConnKey>>,
+    wheel: RefCell<TimerWheel<TimerKey>>,
+    /// Ack trackers' settings, report batcher, notify merger (`delivery.rs`).
+    pub delivery: ShardDelivery,
     /// The timer task's waker and the instant it sleeps until, so an earlier deadline wakes it.
     timer_waker: Cell<Option<Waker>>,
     timer_armed_at: Cell<Option<Instant>>,
@@ -253,13 +285,20 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    pub fn new(index: usize, settings: Settings, stats: Arc<PublishedStats>, now: Instant) -> Self {
+    pub fn new(
+        index: usize,
+        settings: Settings,
+        stats: Arc<PublishedStats>,
+        observer: Option<Arc<dyn DeliveryObserver>>,
+        now: Instant,
+    ) -> Self {
         let shards = settings.shards.get();
         let auth = match settings.auth_mode {
             crate::config::AuthMode::Jwt => Some(Authenticator::jwt(&settings.auth_secret)),
             crate::config::AuthMode::Dev => Some(Authenticator::dev()),
             crate::config::AuthMode::Backend => None,
         };
+        let delivery = ShardDelivery::new(&settings, observer);
         Self {
             index,
             shards,
@@ -269,6 +308,7 @@ impl Shard {
             conns: RefCell::default(),
             registry: RefCell::default(),
             wheel: RefCell::new(TimerWheel::new(now)),
+            delivery,
             timer_waker: Cell::new(None),
             timer_armed_at: Cell::new(None),
             handoff: OnceCell::new(),
@@ -384,8 +424,8 @@ impl Shard {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    /// Arms a deadline for `key`; the timer task marks the connection due when it passes.
-    pub fn arm_timer(&self, key: ConnKey, at: Instant) -> TimerId {
+    /// Arms a deadline for `key`; the timer task acts on it when it passes.
+    pub fn arm_timer(&self, key: TimerKey, at: Instant) -> TimerId {
         let id = self.wheel.borrow_mut().insert(at, key);
         if self.timer_armed_at.get().is_none_or(|armed| at < armed)
             && let Some(w) = self.timer_waker.take()
@@ -404,9 +444,14 @@ impl Shard {
     pub fn expire_timers(&self, now: Instant) -> Option<Instant> {
         loop {
             let expired = self.wheel.borrow_mut().poll_expired(now);
-            let Some((_, key)) = expired else { break };
-            if let Some(shared) = self.conns.borrow().get(key) {
-                shared.mark_timer_due();
+            match expired {
+                None => break,
+                Some((_, TimerKey::Conn(key))) => {
+                    if let Some(shared) = self.conns.borrow().get(key) {
+                        shared.mark_timer_due();
+                    }
+                }
+                Some((_, key)) => self.shard_timer_fired(key, now),
             }
         }
         let next = self.wheel.borrow().poll_timeout();

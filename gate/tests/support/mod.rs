@@ -51,6 +51,19 @@ impl TestGate {
         Self { handle, settings }
     }
 
+    /// The base configuration adjusted by `tune`, every delivery shown to `observer`.
+    pub fn start_observed(
+        tune: impl FnOnce(&mut Config),
+        observer: std::sync::Arc<dyn gate::shard::DeliveryObserver>,
+    ) -> Self {
+        let mut config = Config::from_toml(BASE_CONFIG).expect("base test config parses");
+        tune(&mut config);
+        let settings = config.validate().expect("test config is valid");
+        let handle =
+            gate::shard::start_observed(settings.clone(), Some(observer)).expect("gate starts");
+        Self { handle, settings }
+    }
+
     /// JWT auth with [`JWT_SECRET`], adjusted by `tune`.
     pub fn jwt_with(tune: impl FnOnce(&mut Config)) -> Self {
         Self::start_with(|c| {

@@ -357,9 +357,12 @@ impl Backend for EmbeddedShard {
         self.hop_or_run(partition, Input::Presence(presence));
     }
 
-    fn report(&self, report: link::DeliveryReport) {
-        let partition = crate::im::partition_of_user(report.uid, self.config.partitions);
-        self.hop_or_run(partition, Input::Report(report));
+    fn report(&self, batch: link::DeliveryReportBatch) {
+        // One message from the gate; each report goes to its user's partition.
+        for report in batch.reports {
+            let partition = crate::im::partition_of_user(report.uid, self.config.partitions);
+            self.hop_or_run(partition, Input::Report(report));
+        }
     }
 }
 

@@ -42,6 +42,6 @@ pub trait Backend {
     fn submit(&self, origin: Origin, request: Request) -> Result<(), Unavailable>;
     /// A session came online or went offline (best effort).
     fn presence(&self, presence: link::Presence);
-    /// Delivered / undelivered PUSHes (best effort).
-    fn report(&self, report: link::DeliveryReport);
+    /// Delivered / undelivered PUSHes, batched by the shard (`delivery.report_batch`).
+    fn report(&self, batch: link::DeliveryReportBatch);
 }
