@@ -174,8 +174,9 @@ struct Inner {
 /// when `poll_timeout()` has passed; re-arm the session's wheel entry at `poll_timeout()` after
 /// each of them; `drain` at close.
 ///
-/// Size: one pointer (`Option<Box<..>>`), and an empty tracker holds no heap memory, because a
-/// shard keeps one per connection and most of a million connections are idle.
+/// Size: one pointer (`Option<Box<..>>`), and a released tracker holds no heap memory, because
+/// a shard keeps one per connection and most of a million connections are idle. Emptying keeps
+/// the state for reuse until [`AckTracker::release`].
 #[derive(Default)]
 pub struct AckTracker {
     inner: Option<Box<Inner>>,
@@ -352,9 +353,20 @@ impl AckTracker {
         self.inner.as_ref().map_or(0, |inner| inner.pending.len())
     }
 
-    /// Nothing pending (and nothing allocated).
+    /// Nothing pending.
     pub fn is_empty(&self) -> bool {
-        self.inner.is_none()
+        self.inner
+            .as_ref()
+            .is_none_or(|inner| inner.pending.is_empty())
+    }
+
+    /// Frees the state kept from earlier PUSHes if nothing is pending. The shell calls it when
+    /// the session's timer fires with nothing due, so a quiet session holds no heap memory
+    /// while a busy one does not allocate per message.
+    pub fn release(&mut self) {
+        if self.is_empty() {
+            self.inner = None;
+        }
     }
 
     /// Restores the invariants after entries left: frees everything when empty, else pops dead
@@ -364,7 +376,10 @@ impl AckTracker {
             return;
         };
         if inner.pending.is_empty() {
-            self.inner = None;
+            // Keep the (now empty) state for the next PUSH: an active session would otherwise
+            // allocate and free it per message. `release` frees it once the session is quiet.
+            inner.first.clear();
+            inner.retry.iter_mut().for_each(VecDeque::clear);
             return;
         }
         let Inner {
@@ -493,7 +508,14 @@ mod tests {
             let Some(inner) = self.inner.as_deref() else {
                 return;
             };
-            assert!(!inner.pending.is_empty(), "an empty tracker is unallocated");
+            if inner.pending.is_empty() {
+                // Kept for reuse after emptying: nothing queued either.
+                assert!(
+                    inner.queues().all(|q| q.is_empty()),
+                    "an empty tracker queues nothing"
+                );
+                return;
+            }
             let mut items = 0;
             for (level, queue) in inner.queues().enumerate() {
                 items += queue.len();
@@ -774,10 +796,16 @@ mod tests {
         }
         let _ = fire(&mut t, t0 + ms(100), &cfg);
         t.ack(&(0..500).collect::<Vec<_>>(), &mut Vec::new());
-        assert!(t.inner.is_none(), "acked to empty: released");
+        assert!(
+            t.is_empty() && t.inner.is_some(),
+            "acked to empty: kept for reuse"
+        );
+        t.release();
+        assert!(t.inner.is_none(), "released when quiet");
 
         track(&mut t, 1, A, t0, &cfg);
         t.clear_through(A, 1, &mut Vec::new());
+        t.release();
         assert!(t.inner.is_none(), "cleared to empty: released");
 
         let cfg0 = AckConfig {
@@ -786,6 +814,7 @@ mod tests {
         };
         track(&mut t, 1, A, t0, &cfg0);
         assert!(fire(&mut t, t0 + ms(100), &cfg0).2);
+        t.release();
         assert!(t.inner.is_none(), "given up to empty: released");
     }
 
@@ -1114,7 +1143,9 @@ mod tests {
         let mut undelivered = Vec::new();
         t.drain(&mut undelivered);
         end(&undelivered, &mut model);
-        assert!(model.pending.is_empty() && t.is_empty() && t.inner.is_none());
+        assert!(model.pending.is_empty() && t.is_empty());
+        t.release();
+        assert!(t.inner.is_none());
         assert_eq!(tracked, ended, "every tracked PUSH ends exactly once");
         seen
     }

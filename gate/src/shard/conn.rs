@@ -248,6 +248,8 @@ impl Conn {
             &mut resend,
             &mut undelivered,
         );
+        // Quiet with nothing pending: give the tracker's memory back.
+        self.shared.acks().release();
         for frame in resend {
             self.queue(frame);
         }
