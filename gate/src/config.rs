@@ -34,6 +34,7 @@ pub struct DeliveryConfig {
     pub report_batch: usize,
     pub report_flush_ms: u64,
     pub notify_merge_ms: u64,
+    pub flush_delay_us: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -47,6 +48,7 @@ impl Default for DeliveryConfig {
             report_batch: 256,
             report_flush_ms: 10,
             notify_merge_ms: 20,
+            flush_delay_us: 0,
         }
     }
 }
@@ -260,6 +262,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "NOTIFY updates for one session within this window are merged into one frame",
     ),
     (
+        "delivery.flush_delay_us",
+        "0",
+        "0: output queued by pushes is written in the same loop turn; > 0: held this long so more frames share one write",
+    ),
+    (
         "limits.outbound_bytes",
         "4194304",
         "unsent output one connection may hold; past it: queue dropped, PUSHes reported undelivered, KICK 4, close",
@@ -414,6 +421,9 @@ impl DeliveryConfig {
     pub fn notify_merge(&self) -> Duration {
         Duration::from_millis(self.notify_merge_ms)
     }
+    pub fn flush_delay(&self) -> Duration {
+        Duration::from_micros(self.flush_delay_us)
+    }
 }
 
 impl Config {
@@ -488,6 +498,12 @@ impl Config {
         }
         if d.max_pending == 0 {
             return Err(invalid("delivery.max_pending", "must be at least 1"));
+        }
+        if d.flush_delay_us > 1_000_000 {
+            return Err(invalid(
+                "delivery.flush_delay_us",
+                "at most 1000000 (one second)",
+            ));
         }
         if d.report_batch == 0 {
             return Err(invalid("delivery.report_batch", "must be at least 1"));

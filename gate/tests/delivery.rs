@@ -369,3 +369,22 @@ fn fan_out_to_1000_members_across_two_shards_is_delivered_exactly_once() {
     }
     gate.stop();
 }
+
+#[test]
+fn with_a_flush_delay_pushes_wait_for_the_shards_flush_tick() {
+    // 300 ms: the PUSH cannot arrive sooner (a slow machine only makes it later).
+    let (gate, _ledger) = gate_with_ledger(|c| c.delivery.flush_delay_us = 300_000);
+    let (a, b) = (uids_on(0, 600, 1)[0], uids_on(0, 700, 1)[0]);
+    let (mut alice, _) = gate.login(a, "d");
+    let (mut bob, _) = gate.login(b, "d");
+    let started = Instant::now();
+    let sent = send_text(&mut alice, SINGLE, b, "later");
+    let push = support::im::take_push(&mut bob);
+    assert_eq!(push.msg_id, sent.msg_id);
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "pushed after {:?}, before the flush tick",
+        started.elapsed()
+    );
+    gate.stop();
+}

@@ -197,7 +197,7 @@ impl Shard {
                 self.delivery.notify_armed.set(None);
                 self.flush_notifies(now);
             }
-            TimerKey::Conn(_) => {}
+            TimerKey::Conn(_) | TimerKey::Flush => {}
         }
     }
 

@@ -25,7 +25,7 @@ use crate::session::Registry;
 
 /// A connection's slot in its shard's table; the generation makes a stale key (a timer that
 /// fires after the connection ended and its slot was reused) harmless.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub(crate) struct ConnKey {
     index: u32,
     generation: u32,
@@ -55,6 +55,8 @@ pub(crate) enum TimerKey {
     Reports,
     /// The notify merger's next window end.
     Notify,
+    /// The delayed flush of queued output (`delivery.flush_delay_us`).
+    Flush,
 }
 
 /// The part of a connection that others on its shard reach: its outbound queue (answers from
@@ -72,17 +74,20 @@ pub(crate) struct ConnShared {
     /// The ack tracker's deadline may now be earlier than the connection's armed timer.
     rearm: Cell<bool>,
     waker: Cell<Option<Waker>>,
+    /// Its key in the shard's table (for the delayed-flush list).
+    key: Cell<ConnKey>,
+    /// Queued output waits for the shard's flush tick (`delivery.flush_delay_us`).
+    flush_scheduled: Cell<bool>,
     /// 0 until logged in.
     uid: Cell<u64>,
     session_id: Cell<u64>,
 }
 
 impl ConnShared {
-    /// Queues a frame and wakes the connection to flush it. Limits are the shard's business:
-    /// see [`Shard::queue`].
+    /// Queues a frame. Limits and when to wake the connection are the shard's business: see
+    /// [`Shard::queue`].
     fn push(&self, frame: Bytes) {
         self.out.borrow_mut().push(frame);
-        self.wake();
     }
 
     /// The outbound queue, for the connection task to flush. Never held across an `.await`.
@@ -155,7 +160,7 @@ impl ConnShared {
         }
     }
 
-    fn wake(&self) {
+    pub fn wake(&self) {
         if let Some(w) = self.waker.take() {
             w.wake();
         }
@@ -280,6 +285,9 @@ pub(crate) struct Shard {
     pub stopping: Cell<bool>,
     /// Unsent bytes queued on all of this shard's connections.
     outbound: Cell<usize>,
+    /// Connections waiting for the flush tick, and when it fires.
+    flush_due: RefCell<Vec<ConnKey>>,
+    flush_armed: Cell<Option<Instant>>,
     stats: Arc<PublishedStats>,
     rng: Cell<u64>,
 }
@@ -316,6 +324,8 @@ impl Shard {
             next_session: Cell::new(1),
             stopping: Cell::new(false),
             outbound: Cell::new(0),
+            flush_due: RefCell::default(),
+            flush_armed: Cell::new(None),
             stats,
             rng: Cell::new(
                 0x2545_F491_4F6C_DD1D ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -326,6 +336,7 @@ impl Shard {
     pub fn add_conn(&self) -> (ConnKey, Rc<ConnShared>) {
         let shared = Rc::new(ConnShared::default());
         let key = self.conns.borrow_mut().insert(shared.clone());
+        shared.key.set(key);
         self.publish_gauges();
         (key, shared)
     }
@@ -361,12 +372,46 @@ impl Shard {
         }
         self.outbound.set(self.outbound.get() + len);
         conn.push(frame);
+        self.schedule_flush(conn);
     }
 
     /// Queues a connection's last frames (ERROR, KICK, LOGOUT's answer) whatever the limits.
     pub fn queue_last(&self, conn: &ConnShared, frame: Bytes) {
         self.outbound.set(self.outbound.get() + frame.len());
         conn.push(frame);
+        conn.wake();
+    }
+
+    /// Wakes `conn` to flush: at once (its task runs after the current one, so everything queued
+    /// in this turn goes out in one write), or at the shard's next flush tick when
+    /// `delivery.flush_delay_us` > 0, trading that much latency for fewer, larger writes.
+    fn schedule_flush(&self, conn: &ConnShared) {
+        let delay = self.settings.delivery.flush_delay();
+        if delay.is_zero() {
+            conn.wake();
+            return;
+        }
+        if conn.flush_scheduled.replace(true) {
+            return;
+        }
+        self.flush_due.borrow_mut().push(conn.key.get());
+        if self.flush_armed.get().is_none() {
+            let at = Instant::now() + delay;
+            let _ = self.arm_timer(TimerKey::Flush, at);
+            self.flush_armed.set(Some(at));
+        }
+    }
+
+    /// The flush tick: wakes every connection with delayed output.
+    fn flush_tick(&self) {
+        self.flush_armed.set(None);
+        let due = std::mem::take(&mut *self.flush_due.borrow_mut());
+        for key in due {
+            if let Some(conn) = self.conn(key) {
+                conn.flush_scheduled.set(false);
+                conn.wake();
+            }
+        }
     }
 
     /// `n` queued bytes left the shard (written, or dropped with their connection).
@@ -451,6 +496,7 @@ impl Shard {
                         shared.mark_timer_due();
                     }
                 }
+                Some((_, TimerKey::Flush)) => self.flush_tick(),
                 Some((_, key)) => self.shard_timer_fired(key, now),
             }
         }
