@@ -1,10 +1,14 @@
-//! A connection task: owns one client socket, its read buffer, its outbound queue and its
-//! [`ConnSession`], on the shard that accepted or adopted it.
+//! A connection task: owns one client socket, its read buffer and its [`ConnSession`], on the
+//! shard that accepted or adopted it; its outbound queue and pending PUSHes live in its
+//! `ConnShared`, where the shard queues answers and pushes.
 //!
-//! Loop: decode every complete frame buffered, apply what the session decides, re-arm the
-//! connection's one wheel timer if its deadline moved earlier, then wait for the next event —
-//! bytes, end of stream, a kick or a due timer from the shard, or writability while output is
-//! queued.
+//! Loop: decode every complete frame buffered, apply what the session decides (message-path
+//! requests go to the backend; ACKs and forward PULLs settle pending PUSHes), re-arm the
+//! connection's one wheel timer at the earliest of the session's deadlines and the ack
+//! tracker's, then wait for the next event — bytes, end of stream, a kick, a due timer, a
+//! backend login answer, or writability while output is queued. A due timer runs the session's
+//! deadlines and the PUSH resends (given-up PUSHes are reported undelivered and the client
+//! probed with a PING).
 //!
 //! Reads: an idle connection holds no read buffer. Waiting uses glommio's stream with a stack
 //! buffer (glommio retries `recv` once, then arms an io_uring poll); what arrives is appended to
@@ -12,8 +16,8 @@
 //! `EAGAIN`, and is released as soon as it is drained. It never holds more than one frame plus
 //! one read chunk, so at most `HEADER_LEN + max_frame + READ_CHUNK` bytes.
 //!
-//! Writes: replies are queued as shared `Bytes` and flushed with one `sendmsg` over the queue
-//! before the task waits. On `EAGAIN` the task hands the first queued slice to glommio's
+//! Writes: frames are queued as shared `Bytes` (a PUSH is one buffer for all its recipients) and
+//! flushed with one `sendmsg` over up to 64 of them at a time before the task waits. On `EAGAIN` the task hands the first queued slice to glommio's
 //! `poll_write`, which retries once and otherwise waits for writability; whatever it wrote is
 //! dropped from the queue and the vectored path resumes. Queues are bounded per connection and
 //! per shard (`limits.*`, see `Shard::queue`): past them the client is a slow consumer.
