@@ -7,7 +7,7 @@
 //!
 //! In-flight bound: all publishers share a window of `publishers x inflight` messages, a message
 //! counting done once `recipients` more deliveries have arrived anywhere in the process
-//! ([`window_room`]; deliveries are counted, not matched to messages). A publisher also never
+//! ([`window_room`]; deliveries are counted, not matched to messages; repeats do not count). A publisher also never
 //! has more than `inflight` requests unanswered ([`Handler::can_send`]: the gate's SendResp; nats
 //! has no answer). A publisher refills the window in batches of at least [`min_refill`] messages.
 
@@ -32,8 +32,9 @@ pub trait Handler {
     /// Parses complete operations at the front of `buf`, appending answers (PONG, full ACK
     /// batches) to `out`; returns the bytes consumed.
     fn feed(&mut self, buf: &[u8], out: &mut Vec<u8>) -> Result<usize, ConnError>;
-    /// Deliveries parsed since the last call.
-    fn take_delivered(&mut self) -> u64;
+    /// Deliveries parsed since the last call, and how many of them were repeats (a gate PUSH
+    /// whose msg_id is not above the highest this connection has seen: a resend).
+    fn take_delivered(&mut self) -> (u64, u64);
     /// Whether ids wait for an ACK.
     fn acks_pending(&self) -> bool;
     /// Appends the partial ACK batch.
@@ -75,7 +76,8 @@ async fn settle<H: Handler>(
         Err(_) if done() => return Ok(false),
         Err(e) => return Err(e),
     }
-    exec.delivered(h.take_delivered());
+    let (delivered, repeats) = h.take_delivered();
+    exec.delivered(delivered, repeats);
     conn.set_acks_pending(h.acks_pending());
     match conn.flush_out().await {
         Ok(()) => Ok(true),

@@ -158,14 +158,17 @@ impl Exec {
         let totals = self.shared.totals();
         window_room(
             totals.published,
-            totals.delivered,
+            totals.unique(),
             self.plan.recipients,
             self.plan.window_msgs,
         )
     }
 
     /// Counts deliveries read by one connection and lets publishers look at the window again.
-    pub fn delivered(&self, n: u64) {
+    pub fn delivered(&self, n: u64, repeats: u64) {
+        if repeats > 0 {
+            self.stats().repeats.fetch_add(repeats, Ordering::Relaxed);
+        }
         if n > 0 {
             self.stats().add_delivered(n);
             self.wake_publishers();

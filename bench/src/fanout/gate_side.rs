@@ -80,6 +80,9 @@ pub struct GateHandler {
     logged_in: bool,
     acks: AckBatch,
     delivered: u64,
+    repeats: u64,
+    /// Highest msg_id pushed to this connection (one group: ids only grow).
+    max_id: u64,
     /// Publishers only: the SEND frame template and what is in flight.
     template: Option<SendTemplate>,
     next_seq: u32,
@@ -95,6 +98,8 @@ impl GateHandler {
             logged_in: false,
             acks: AckBatch::default(),
             delivered: 0,
+            repeats: 0,
+            max_id: 0,
             template: publisher.then(|| SendTemplate::new(plan.group_id, &plan.payload)),
             next_seq: LOGIN_SEQ + 1,
             next_cmid: plan.cmid_seed,
@@ -109,6 +114,10 @@ impl GateHandler {
                 let id = push_msg_id(f.body).map_err(ConnError::Push)?;
                 self.acks.push(id, out);
                 self.delivered += 1;
+                if id <= self.max_id {
+                    self.repeats += 1;
+                }
+                self.max_id = self.max_id.max(id);
             }
             (cmd::SEND, MsgType::Response) => {
                 let resp = pb::SendResp::decode(f.body).map_err(ConnError::Decode)?;
@@ -166,8 +175,11 @@ impl Handler for GateHandler {
         Ok(at)
     }
 
-    fn take_delivered(&mut self) -> u64 {
-        std::mem::take(&mut self.delivered)
+    fn take_delivered(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.delivered),
+            std::mem::take(&mut self.repeats),
+        )
     }
 
     fn acks_pending(&self) -> bool {
@@ -228,7 +240,139 @@ pub async fn conn(exec: &Exec, spec: ConnSpec) -> Result<(), ConnError> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
     use super::*;
+    use crate::fanout::Target;
+    use crate::wire::ACK_BATCH;
+
+    fn plan() -> Plan {
+        Plan {
+            target: Target::Gate,
+            addr: "127.0.0.1:7000".parse().expect("addr"),
+            inflight: 4,
+            payload: vec![b'x'; 8],
+            duration: Duration::from_secs(1),
+            ack_flush: Duration::from_millis(5),
+            recipients: 3,
+            window_msgs: 4,
+            group_id: 9,
+            cmid_seed: 100,
+            subject: "bench".into(),
+            executors: 1,
+        }
+    }
+
+    fn push_frame(msg_id: u64) -> Vec<u8> {
+        let push = pb::PushMsg {
+            msg_id,
+            conv_type: 2,
+            conv_id: 9,
+            from: 1,
+            to: 9,
+            content_type: 1,
+            body: Bytes::from_static(b"xxxxxxxx"),
+            server_time_ms: 1,
+            client_msg_id: 7,
+        };
+        encode_frame(cmd::PUSH, MsgType::Notify, 0, 0, &push).to_vec()
+    }
+
+    /// Every msg_id in the ACK frames of `out`, in order.
+    fn acked(out: &[u8]) -> Vec<u64> {
+        let mut ids = Vec::new();
+        let mut at = 0;
+        while let Some((f, n)) = split_frame(&out[at..], 65_536).expect("frame") {
+            assert_eq!((f.cmd, f.msg_type), (cmd::ACK, MsgType::Notify));
+            let ack = pb::Ack::decode(f.body).expect("Ack");
+            assert!(ack.msg_ids.len() <= ACK_BATCH);
+            ids.extend(ack.msg_ids);
+            at += n;
+        }
+        assert_eq!(at, out.len());
+        ids
+    }
+
+    #[test]
+    fn every_push_is_acknowledged_in_batches_and_resends_count_as_repeats() {
+        let mut h = GateHandler::new(&plan(), false);
+        let mut ids: Vec<u64> = (1..=130).collect();
+        ids.extend([64, 130]); // resends of ids already seen
+        let stream: Vec<u8> = ids.iter().flat_map(|&id| push_frame(id)).collect();
+        let mut out = Vec::new();
+        // Fed in two reads cut inside a frame: the tail is left for the next read.
+        let cut = stream.len() / 2 + 3;
+        let used = h.feed(&stream[..cut], &mut out).expect("valid");
+        let mut rest = stream[used..cut].to_vec();
+        rest.extend_from_slice(&stream[cut..]);
+        assert_eq!(h.feed(&rest, &mut out).expect("valid"), rest.len());
+        assert_eq!(acked(&out), ids[..128], "two full batches sent at once");
+        assert!(h.acks_pending());
+        h.flush_acks(&mut out);
+        assert!(!h.acks_pending());
+        assert_eq!(acked(&out), ids, "the partial batch on flush");
+        assert_eq!(h.take_delivered(), (132, 2));
+        assert_eq!(h.take_delivered(), (0, 0));
+    }
+
+    #[test]
+    fn publisher_stops_at_inflight_until_send_responses_arrive() {
+        let mut h = GateHandler::new(&plan(), true);
+        let mut out = Vec::new();
+        while h.can_send() > 0 {
+            h.put_publish(&mut out);
+        }
+        let mut seqs = Vec::new();
+        let mut at = 0;
+        while let Some((f, n)) = split_frame(&out[at..], 65_536).expect("frame") {
+            let req = pb::SendReq::decode(f.body).expect("SendReq");
+            assert_eq!((req.conv_type, req.to), (2, 9));
+            seqs.push((f.seq, req.client_msg_id));
+            at += n;
+        }
+        assert_eq!(seqs, [(2, 100), (3, 101), (4, 102), (5, 103)]);
+        let ok = pb::SendResp {
+            code: 0,
+            msg_id: 1,
+            server_time_ms: 1,
+            message: String::new(),
+        };
+        let resp = encode_frame(cmd::SEND, MsgType::Response, 2, 2, &ok);
+        let mut answers = Vec::new();
+        h.feed(&resp, &mut answers).expect("valid");
+        assert_eq!(h.can_send(), 1);
+        let refused = pb::SendResp { code: 4, ..ok };
+        let resp = encode_frame(cmd::SEND, MsgType::Response, 3, 3, &refused);
+        assert!(matches!(
+            h.feed(&resp, &mut answers),
+            Err(ConnError::SendFailed { code: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn gate_ping_is_answered_and_kick_or_notify_end_the_connection() {
+        let mut h = GateHandler::new(&plan(), false);
+        let mut out = Vec::new();
+        let ping = encode_frame(cmd::PING, MsgType::Request, 77, 5, &());
+        h.feed(&ping, &mut out).expect("valid");
+        assert_eq!(
+            out,
+            encode_frame(cmd::PING, MsgType::Response, 77, 5, &()).to_vec()
+        );
+        let kick = pb::Kick {
+            reason: 4,
+            ..Default::default()
+        };
+        let kick = encode_frame(cmd::KICK, MsgType::Notify, 0, 0, &kick);
+        assert!(matches!(
+            h.feed(&kick, &mut out),
+            Err(ConnError::Kicked { reason: 4 })
+        ));
+        let notify = encode_frame(cmd::NOTIFY, MsgType::Notify, 0, 0, &pb::Notify::default());
+        assert!(matches!(h.feed(&notify, &mut out), Err(ConnError::Notify)));
+    }
 
     #[test]
     fn group_id_is_read_from_the_biz_answer() {

@@ -184,6 +184,8 @@ pub struct Stats {
     pub connections: AtomicU64,
     pub published: AtomicU64,
     pub delivered: AtomicU64,
+    /// Deliveries that were resends (counted in `delivered` too).
+    pub repeats: AtomicU64,
 }
 
 impl Stats {
@@ -202,6 +204,14 @@ pub struct Totals {
     pub connections: u64,
     pub published: u64,
     pub delivered: u64,
+    pub repeats: u64,
+}
+
+impl Totals {
+    /// Deliveries that were not repeats.
+    pub fn unique(&self) -> u64 {
+        self.delivered.saturating_sub(self.repeats)
+    }
 }
 
 /// What the executors and the coordinating thread share.
@@ -250,6 +260,7 @@ impl Shared {
             connections: t.connections + s.connections.load(Ordering::Relaxed),
             published: t.published + s.published.load(Ordering::Relaxed),
             delivered: t.delivered + s.delivered.load(Ordering::Relaxed),
+            repeats: t.repeats + s.repeats.load(Ordering::Relaxed),
         })
     }
 
@@ -445,7 +456,7 @@ pub fn run(args: &FanoutArgs) -> Result<Summary, RunError> {
     let drain_deadline = Instant::now() + Duration::from_secs(args.drain);
     while Instant::now() < drain_deadline {
         let t = shared.totals();
-        if t.delivered >= t.published.saturating_mul(recipients) {
+        if t.unique() >= t.published.saturating_mul(recipients) {
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -474,6 +485,8 @@ pub fn run(args: &FanoutArgs) -> Result<Summary, RunError> {
         delivered: measured.delivered,
         published_total: end.published,
         delivered_total: end.delivered,
+        repeats: measured.repeats,
+        repeats_total: end.repeats,
         errors,
         error_messages,
     })

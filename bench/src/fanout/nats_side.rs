@@ -48,8 +48,8 @@ impl Handler for NatsHandler {
         Ok(at)
     }
 
-    fn take_delivered(&mut self) -> u64 {
-        std::mem::take(&mut self.delivered)
+    fn take_delivered(&mut self) -> (u64, u64) {
+        (std::mem::take(&mut self.delivered), 0)
     }
 
     fn acks_pending(&self) -> bool {
@@ -98,4 +98,38 @@ pub async fn conn(exec: &Exec, spec: ConnSpec) -> Result<(), ConnError> {
     };
     exec.left();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msgs_are_counted_pings_answered_and_err_ends_the_connection() {
+        let mut h = NatsHandler::new(None);
+        let mut out = Vec::new();
+        let input = b"INFO {}\r\nMSG bench 1 3\r\nabc\r\nPING\r\nMSG bench 1 3\r\nab";
+        let used = h.feed(input, &mut out).expect("valid");
+        assert_eq!(
+            &input[used..],
+            b"MSG bench 1 3\r\nab",
+            "the partial MSG is left"
+        );
+        assert_eq!(out, PONG);
+        assert_eq!(h.take_delivered(), (1, 0));
+        assert_eq!(h.can_send(), 0);
+        assert!(matches!(
+            h.feed(b"-ERR 'Slow Consumer'\r\n", &mut out),
+            Err(ConnError::NatsErr(text)) if text == "'Slow Consumer'"
+        ));
+    }
+
+    #[test]
+    fn publisher_appends_whole_pub_messages() {
+        let mut h = NatsHandler::new(Some(pub_message("bench", b"hi")));
+        let mut out = Vec::new();
+        h.put_publish(&mut out);
+        h.put_publish(&mut out);
+        assert_eq!(out, b"PUB bench 2\r\nhi\r\nPUB bench 2\r\nhi\r\n");
+    }
 }

@@ -20,11 +20,14 @@ pub struct Summary {
     pub connections: u64,
     /// Messages published in the window.
     pub published: u64,
-    /// Deliveries read in the window.
+    /// Deliveries read in the window (repeats included).
     pub delivered: u64,
+    /// Deliveries in the window that were resends of a PUSH already seen on that connection.
+    pub repeats: u64,
     /// After the drain: every message published, every delivery read.
     pub published_total: u64,
     pub delivered_total: u64,
+    pub repeats_total: u64,
     /// Failed connections (protocol errors, KICKs, refusals, unexpected closes).
     pub errors: u64,
     pub error_messages: Vec<String>,
@@ -39,18 +42,20 @@ impl Summary {
         self.published as f64 / self.seconds
     }
 
-    /// Deliveries owed after the drain (negative: duplicates, e.g. resent PUSHes).
+    /// Deliveries owed after the drain, repeats not counting (negative: more deliveries than
+    /// recipients without being seen as repeats).
     pub fn missing(&self) -> i128 {
         i128::from(self.published_total) * i128::from(self.recipients)
             - i128::from(self.delivered_total)
+            + i128::from(self.repeats_total)
     }
 
     pub fn to_text(&self) -> String {
         format!(
             "fanout {target}: {members} members, {publishers} publisher(s), inflight {inflight}, {size} B payload, {executors} executor(s)\n\
              measured {seconds:.2} s: {dps:.0} deliveries/s ({dm:.3} M/s), {pps:.0} published/s\n\
-             in window: published {published}, delivered {delivered}, connections {connections}\n\
-             after drain: published {pt}, delivered {dt} of {expected} expected ({missing} missing), errors {errors}",
+             in window: published {published}, delivered {delivered} ({repeats} repeats), connections {connections}\n\
+             after drain: published {pt}, delivered {dt} ({rt} repeats) of {expected} expected ({missing} missing), errors {errors}",
             target = self.target.name(),
             members = self.members,
             publishers = self.publishers,
@@ -63,6 +68,8 @@ impl Summary {
             pps = self.published_per_sec(),
             published = self.published,
             delivered = self.delivered,
+            repeats = self.repeats,
+            rt = self.repeats_total,
             connections = self.connections,
             pt = self.published_total,
             dt = self.delivered_total,
@@ -75,7 +82,7 @@ impl Summary {
     /// One JSON object on one line (numbers and a fixed target name: nothing to escape).
     pub fn to_json(&self) -> String {
         format!(
-            "{{\"scenario\":\"fanout\",\"target\":\"{}\",\"members\":{},\"publishers\":{},\"inflight\":{},\"size\":{},\"executors\":{},\"recipients\":{},\"seconds\":{:.3},\"connections\":{},\"published\":{},\"delivered\":{},\"deliveries_per_sec\":{:.0},\"published_per_sec\":{:.0},\"published_total\":{},\"delivered_total\":{},\"missing\":{},\"errors\":{}}}",
+            "{{\"scenario\":\"fanout\",\"target\":\"{}\",\"members\":{},\"publishers\":{},\"inflight\":{},\"size\":{},\"executors\":{},\"recipients\":{},\"seconds\":{:.3},\"connections\":{},\"published\":{},\"delivered\":{},\"deliveries_per_sec\":{:.0},\"published_per_sec\":{:.0},\"published_total\":{},\"delivered_total\":{},\"repeats\":{},\"repeats_total\":{},\"missing\":{},\"errors\":{}}}",
             self.target.name(),
             self.members,
             self.publishers,
@@ -91,6 +98,8 @@ impl Summary {
             self.published_per_sec(),
             self.published_total,
             self.delivered_total,
+            self.repeats,
+            self.repeats_total,
             self.missing(),
             self.errors,
         )
@@ -129,6 +138,8 @@ mod tests {
             delivered: 39_999_000,
             published_total: 40_500,
             delivered_total: 40_500_000,
+            repeats: 0,
+            repeats_total: 0,
             errors: 0,
             error_messages: Vec::new(),
         }
@@ -158,6 +169,7 @@ mod tests {
             connections: 1001,
             published: 1000,
             delivered: 1_000_000,
+            repeats: 0,
         };
         let now = Totals {
             published: 5000,
