@@ -5,59 +5,21 @@
 //! Owns no connection state and never touches IO or allocates per message: frames are borrowed
 //! views into the caller's buffer, and ACKs are appended to the caller's output buffer.
 
-use gate::protocol::{FrameError, HEADER_LEN, Header, MAGIC, MsgType, VERSION, cmd};
+use gate::protocol::{FrameDecoder, FrameError, HEADER_LEN, MAGIC, MsgType, VERSION, cmd};
 
 /// Most msg_ids in one ACK frame.
 pub const ACK_BATCH: usize = 64;
 
 /// One complete frame borrowed from the read buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RawFrame<'a> {
-    pub cmd: u8,
-    pub msg_type: MsgType,
-    pub log_id: u32,
-    pub seq: u32,
-    pub body: &'a [u8],
-}
+pub type RawFrame<'a> = gate::protocol::FrameRef<'a>;
 
 /// The frame at the front of `buf` and its total length, `Ok(None)` while it is incomplete.
-/// Refusals are decided from the header alone, like the gate's own `FrameDecoder`.
+/// The gate's own validation (`FrameDecoder::peek`): refusals decided from the header alone.
 pub fn split_frame(
     buf: &[u8],
     max_frame: u32,
 ) -> Result<Option<(RawFrame<'_>, usize)>, FrameError> {
-    let magic = MAGIC.to_be_bytes();
-    let seen = buf.len().min(magic.len());
-    if buf[..seen] != magic[..seen] {
-        return Err(FrameError::BadMagic);
-    }
-    let Some(header) = Header::parse(buf) else {
-        return Ok(None);
-    };
-    if header.version != VERSION {
-        return Err(FrameError::UnsupportedVersion { header });
-    }
-    let Some(msg_type) = MsgType::from_wire(header.msg_type) else {
-        return Err(FrameError::BadMsgType { header });
-    };
-    if header.len > max_frame {
-        return Err(FrameError::TooLarge {
-            header,
-            max: max_frame,
-        });
-    }
-    let total = HEADER_LEN + header.len as usize; // len <= max_frame: no truncation
-    let Some(body) = buf.get(HEADER_LEN..total) else {
-        return Ok(None);
-    };
-    let frame = RawFrame {
-        cmd: header.cmd,
-        msg_type,
-        log_id: header.log_id,
-        seq: header.seq,
-        body,
-    };
-    Ok(Some((frame, total)))
+    FrameDecoder::new(max_frame).peek(buf)
 }
 
 /// Why a PUSH body yielded no msg_id.

@@ -81,6 +81,16 @@ pub struct Frame {
     pub body: Bytes,
 }
 
+/// One complete, validated frame borrowed from a read buffer (see [`FrameDecoder::peek`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    pub cmd: u8,
+    pub msg_type: MsgType,
+    pub log_id: u32,
+    pub seq: u32,
+    pub body: &'a [u8],
+}
+
 /// Input that ends the connection (PROTOCOL.md "Errors").
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
@@ -132,12 +142,11 @@ impl FrameDecoder {
         self.max_frame
     }
 
-    /// Decodes one frame from the front of `buf`.
-    ///
-    /// `Ok(None)`: more bytes are needed (nothing consumed). `Ok(Some)`: `buf` was advanced past
-    /// the frame. `Err`: the stream is unusable; the caller answers with [`FrameError::code`] and
-    /// closes.
-    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    /// Validates the frame at the front of `buf` without consuming or copying anything: the
+    /// frame borrowed from `buf` and its total length (header + body), `Ok(None)` while it is
+    /// incomplete, `Err` as for [`decode`](Self::decode). For readers that keep their own buffer
+    /// (the load generator).
+    pub fn peek<'a>(&self, buf: &'a [u8]) -> Result<Option<(FrameRef<'a>, usize)>, FrameError> {
         let seen = buf.len().min(MAGIC_BYTES.len());
         if buf[..seen] != MAGIC_BYTES[..seen] {
             return Err(FrameError::BadMagic);
@@ -159,16 +168,36 @@ impl FrameDecoder {
         }
         // `len <= max_frame <= u32::MAX`, so this cannot truncate on 64-bit targets.
         let total = HEADER_LEN + header.len as usize;
-        if buf.len() < total {
+        let Some(body) = buf.get(HEADER_LEN..total) else {
             return Ok(None);
-        }
-        let mut frame = buf.split_to(total);
-        let body = frame.split_off(HEADER_LEN).freeze();
-        Ok(Some(Frame {
+        };
+        let frame = FrameRef {
             cmd: header.cmd,
             msg_type,
             log_id: header.log_id,
             seq: header.seq,
+            body,
+        };
+        Ok(Some((frame, total)))
+    }
+
+    /// Decodes one frame from the front of `buf`.
+    ///
+    /// `Ok(None)`: more bytes are needed (nothing consumed). `Ok(Some)`: `buf` was advanced past
+    /// the frame. `Err`: the stream is unusable; the caller answers with [`FrameError::code`] and
+    /// closes.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        let (cmd, msg_type, log_id, seq, total) = match self.peek(buf)? {
+            None => return Ok(None),
+            Some((f, total)) => (f.cmd, f.msg_type, f.log_id, f.seq, total),
+        };
+        let mut frame = buf.split_to(total);
+        let body = frame.split_off(HEADER_LEN).freeze();
+        Ok(Some(Frame {
+            cmd,
+            msg_type,
+            log_id,
+            seq,
             body,
         }))
     }

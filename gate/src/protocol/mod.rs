@@ -9,8 +9,8 @@ pub mod frame;
 
 pub use codes::{Code, KickReason};
 pub use frame::{
-    Frame, FrameDecoder, FrameError, HEADER_LEN, Header, MAGIC, MsgType, VERSION, encode_frame,
-    encode_frame_into,
+    Frame, FrameDecoder, FrameError, FrameRef, HEADER_LEN, Header, MAGIC, MsgType, VERSION,
+    encode_frame, encode_frame_into,
 };
 
 /// Protobuf bodies generated from `gate/proto/imgate.proto`.
