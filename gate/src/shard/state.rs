@@ -366,7 +366,7 @@ impl Shard {
             || self.outbound.get() + len > limits.shard_outbound_bytes
         {
             conn.out().clear();
-            self.outbound.set(self.outbound.get() - backlog);
+            self.unqueued(backlog);
             conn.request_kick(KickReason::SlowConsumer);
             return;
         }
