@@ -347,7 +347,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
 pub fn keys_help() -> String {
     let mut out = String::from("Configuration keys (TOML; every key optional):\n");
     for (key, default, meaning) in KEYS {
-        out.push_str(&format!("  {key:<26} default {default:<22} {meaning}\n"));
+        out.push_str(&format!("  {key:<28} default {default:<22} {meaning}\n"));
     }
     out
 }
