@@ -86,6 +86,23 @@ async fn settle<H: Handler>(
     }
 }
 
+/// A connection past its handshake: counted in while it publishes or subscribes, out after.
+pub async fn run<H: Handler>(
+    exec: &Exec,
+    conn: &mut Conn,
+    h: &mut H,
+    publisher: bool,
+) -> Result<(), ConnError> {
+    exec.joined();
+    let result = if publisher {
+        publish(exec, conn, h).await
+    } else {
+        subscribe(exec, conn, h).await
+    };
+    exec.left();
+    result
+}
+
 /// Reads until the run is over.
 pub async fn subscribe<H: Handler>(
     exec: &Exec,

@@ -90,14 +90,7 @@ pub async fn conn(exec: &Exec, spec: ConnSpec) -> Result<(), ConnError> {
         }
         conn.flush_out().await?;
     }
-    exec.joined();
-    let result = if spec.publisher {
-        drive::publish(exec, &mut conn, &mut h).await
-    } else {
-        drive::subscribe(exec, &mut conn, &mut h).await
-    };
-    exec.left();
-    result
+    drive::run(exec, &mut conn, &mut h, spec.publisher).await
 }
 
 #[cfg(test)]
