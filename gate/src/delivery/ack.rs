@@ -903,20 +903,7 @@ mod tests {
         }
     }
 
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            if n == 0 { 0 } else { self.next() % n }
-        }
-    }
+    use crate::delivery::test_rng::XorShift;
 
     /// Random track / ack / PULL / timeout / time-jump steps, each checked against [`Model`]:
     /// the same ids resent and given up at the same instants (so never early), `poll_timeout`

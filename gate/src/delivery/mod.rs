@@ -128,3 +128,23 @@ mod tests {
         assert!(later(t0, Duration::MAX) > t0);
     }
 }
+
+/// Small deterministic PRNG (xorshift64*) for the model tests of this module's cores, so they
+/// need no dependency.
+#[cfg(test)]
+pub(crate) mod test_rng {
+    pub(crate) struct XorShift(pub(crate) u64);
+
+    impl XorShift {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
+            if n == 0 { 0 } else { self.next() % n }
+        }
+    }
+}

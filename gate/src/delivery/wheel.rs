@@ -502,21 +502,7 @@ mod tests {
         std::iter::from_fn(|| wheel.poll_expired(now)).collect()
     }
 
-    /// Small deterministic PRNG (xorshift64*), so the model test needs no dependency.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            if n == 0 { 0 } else { self.next() % n }
-        }
-    }
+    use crate::delivery::test_rng::XorShift;
 
     impl<T> TimerWheel<T> {
         /// Walks every list and checks the structural invariants of the module doc.
