@@ -2,6 +2,7 @@
 //! the embedded backend runs inside the gate's shards, and (later) the router binary.
 
 pub mod backend;
+pub mod idmap;
 pub mod im;
 pub mod jwt;
 

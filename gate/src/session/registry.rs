@@ -5,7 +5,7 @@
 //! the shard then kicks (KICK 1). A connection removes itself when it ends; removal is keyed by
 //! the connection too, so a displaced connection closing late never removes its successor.
 
-use std::collections::HashMap;
+use router::idmap::IdMap;
 
 /// One logged-in device of a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,14 +18,14 @@ pub struct DeviceSession<C> {
 /// The shard's sessions. `C` is the shell's connection handle (a small `Copy` key).
 #[derive(Debug)]
 pub struct Registry<C> {
-    users: HashMap<u64, Vec<DeviceSession<C>>>,
+    users: IdMap<u64, Vec<DeviceSession<C>>>,
     sessions: usize,
 }
 
 impl<C> Default for Registry<C> {
     fn default() -> Self {
         Self {
-            users: HashMap::new(),
+            users: IdMap::default(),
             sessions: 0,
         }
     }

@@ -21,7 +21,7 @@
 //!   the edge refuses new ones while anything is parked.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -74,7 +74,8 @@ pub struct EmbeddedShard {
     shard: u32,
     shards: u32,
     config: ImConfig,
-    partitions: RefCell<HashMap<PartitionId, Partition>>,
+    /// The hosted partitions `shard, shard + shards, ...`: partition `p` is at `p / shards`.
+    partitions: RefCell<Vec<Partition>>,
     senders: Option<Senders<Envelope>>,
     sink: Weak<dyn GateSink>,
     /// Internal hops waiting for room in the channel to each shard.
@@ -104,7 +105,7 @@ impl EmbeddedShard {
         let (shard, shards) = (shard as u32, shards.max(1) as u32);
         let partitions = (0..config.partitions)
             .filter(|p| p % shards == shard)
-            .map(|p| (p, Partition::new(p, config.clone())))
+            .map(|p| Partition::new(p, config.clone()))
             .collect();
         let this = Rc::new_cyclic(|me| Self {
             shard,
@@ -135,9 +136,7 @@ impl EmbeddedShard {
 
     /// Partitions hosted here.
     pub fn hosted(&self) -> Vec<PartitionId> {
-        let mut ids: Vec<_> = self.partitions.borrow().keys().copied().collect();
-        ids.sort_unstable();
-        ids
+        self.partitions.borrow().iter().map(Partition::id).collect()
     }
 
     fn host_of(&self, partition: PartitionId) -> u32 {
@@ -165,7 +164,9 @@ impl EmbeddedShard {
         while let Some((partition, input)) = work.pop_front() {
             {
                 let mut partitions = self.partitions.borrow_mut();
-                let Some(p) = partitions.get_mut(&partition) else {
+                let hosted = self.host_of(partition) == self.shard;
+                let index = (partition / self.shards) as usize;
+                let Some(p) = partitions.get_mut(index).filter(|_| hosted) else {
                     tracing::error!(
                         shard = self.shard,
                         partition,

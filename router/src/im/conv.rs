@@ -7,10 +7,11 @@
 //! `from != u`, so an unread count is two binary searches. Driven by the partition; never
 //! touches IO or the clock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use prost::Message as _;
 
+use crate::idmap::IdMap;
 use crate::link;
 
 /// Bytes counted per pulled message on top of its encoded length (field tag, length prefix and
@@ -21,7 +22,7 @@ pub const PULL_OVERHEAD: usize = 16;
 #[derive(Debug, Default)]
 pub struct Conv {
     msgs: Vec<link::Msg>,
-    by_sender: HashMap<u64, Vec<u64>>,
+    by_sender: IdMap<u64, Vec<u64>>,
     /// Reader → read cursor (the highest msg_id read). For a group: exactly its members.
     cursors: BTreeMap<u64, u64>,
 }
@@ -73,11 +74,6 @@ impl Conv {
     /// The readers, ascending.
     pub fn readers(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
         self.cursors.keys().copied()
-    }
-
-    /// Number of readers.
-    pub fn reader_count(&self) -> usize {
-        self.cursors.len()
     }
 
     /// Adds `uid` as a reader with nothing unread (cursor = latest); `false` if it already was.

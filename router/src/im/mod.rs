@@ -17,9 +17,15 @@
 //! Flows (each arrow one `Input`; `Origin` rides along so the answer finds its connection):
 //! - SEND: gate → user(from) `Send` [dedup hit: Reply with the original msg_id; a Store still
 //!   in flight: Reply BACKEND_UNAVAILABLE, retry] → conv `Store` → stores, assigns msg_id; emits
-//!   `Deliver`/`Notify` to the gates, `InboxSet` to every member's user partition, `Stored` back
-//!   to user(from) → records dedup, `Reply`. A refused Store (NOT_FOUND, FORBIDDEN) emits only
-//!   `Stored`, which answers and remembers nothing.
+//!   `Stored` back to user(from) → records dedup, `Reply`; and the fan-out:
+//!   - single chat: `Deliver` to the gates, `InboxSet` (absolute states) to both users;
+//!   - group (read diffusion: stored once, no work per member at the conversation): `Deliver`
+//!     naming the members when there are at most `push_threshold`, and one `GroupMsg` per user
+//!     partition of the members, which bumps each member's inbox (latest, +1 unread) and, above
+//!     the threshold, sends their new states to the gates as a `Notify`.
+//!
+//!   A refused Store (NOT_FOUND, FORBIDDEN) emits only `Stored`, which answers and remembers
+//!   nothing.
 //! - PULL, READ: gate → conv. READ emits `InboxSet` for the reader and a `ReadReceipt`.
 //! - SYNC, LOGIN, presence, delivery reports: gate → user.
 //! - BIZ group: `create` → user(caller) partition, which mints a group id that hashes to itself;
@@ -27,8 +33,9 @@
 //!   leave an `InboxSet` with `latest_msg_id = 0`, which drops the group from the user's SYNC.
 //!
 //! **Host contract**: deliver every `ToPartition` to its partition, and the ones from one
-//! partition to another in the order they were emitted (FIFO per pair of partitions): inbox
-//! values are absolute, so the last one sent must be the last one applied.
+//! partition to another in the order they were emitted (FIFO per pair of partitions): an
+//! `InboxSet` is absolute and a `GroupMsg` a relative bump, so each must apply after every
+//! update its conversation partition emitted before it.
 //!
 //! Layout: `ids` (message ids), `conv` (one conversation: messages, cursors, unread, paging),
 //! `user` (inbox, dedup, presence), `biz` (BIZ JSON), `partition` (the state and handlers),
@@ -175,6 +182,18 @@ pub enum Input {
         from: u64,
         client_msg_id: u64,
         result: link::SendResult,
+    },
+    /// conv(group) → user: a group message was stored. Each of `members` (the group's members
+    /// whose user partition is the destination) gets `latest_msg_id = msg_id` and one more
+    /// unread unless it is `from`; with `notify` (a group above the push threshold) the new
+    /// states go to the gates as one `Notify`, sparing `exclude_session` (the sender's).
+    GroupMsg {
+        group_id: u64,
+        msg_id: u64,
+        from: u64,
+        members: std::sync::Arc<[u64]>,
+        notify: bool,
+        exclude_session: u64,
     },
     /// conv → user: new (latest_msg_id, unread) of conversations, one entry per user;
     /// `latest_msg_id == 0` removes the conversation from that user's inbox.

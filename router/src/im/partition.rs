@@ -20,7 +20,8 @@
 //! panics. Time is the `now_ms` argument; this module never reads the clock and never touches
 //! IO.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::biz::{self, GroupCall};
 use super::conv::{Conv, Page};
@@ -30,6 +31,7 @@ use super::{
     ConvKey, ImConfig, Input, Origin, Output, PartitionId, Reply, Request, partition_of_conv,
     partition_of_user,
 };
+use crate::idmap::IdMap;
 use crate::jwt::JwtVerifier;
 use crate::{code, link};
 
@@ -50,6 +52,49 @@ const GROUP_ID_TRIES: u32 = 1 << 16;
 struct Group {
     name: String,
     conv: Conv,
+    /// Its members as fan-out needs them; built at the first message after a membership change.
+    fanout: Option<GroupFanout>,
+}
+
+impl Group {
+    fn new(name: String, conv: Conv) -> Self {
+        Self {
+            name,
+            conv,
+            fanout: None,
+        }
+    }
+}
+
+/// A group's members laid out for fan-out, so a message costs no work per member here: the
+/// recipient list a Deliver names, and the members of each user partition, shared by every
+/// `GroupMsg` sent there.
+#[derive(Debug)]
+struct GroupFanout {
+    /// Every member, ascending.
+    recipients: Vec<u64>,
+    /// (user partition, its members ascending), partitions ascending.
+    by_partition: Vec<(PartitionId, Arc<[u64]>)>,
+}
+
+impl GroupFanout {
+    fn new(conv: &Conv, partitions: u32) -> Self {
+        let recipients: Vec<u64> = conv.readers().collect();
+        let mut by_partition: BTreeMap<PartitionId, Vec<u64>> = BTreeMap::new();
+        for &uid in &recipients {
+            by_partition
+                .entry(partition_of_user(uid, partitions))
+                .or_default()
+                .push(uid);
+        }
+        Self {
+            recipients,
+            by_partition: by_partition
+                .into_iter()
+                .map(|(p, members)| (p, Arc::from(members)))
+                .collect(),
+        }
+    }
 }
 
 /// Counters of one partition's state, for the admin endpoint and tests.
@@ -83,11 +128,11 @@ pub struct Partition {
     /// `None` when `auth_secret` is empty: every token is refused.
     verifier: Option<JwtVerifier>,
     ids: MsgIdGen,
-    singles: HashMap<(u64, u64), Conv>,
-    groups: HashMap<u64, Group>,
+    singles: IdMap<(u64, u64), Conv>,
+    groups: IdMap<u64, Group>,
     /// Last group-id counter used (see [`Partition::mint_group_id`]).
     group_counter: u64,
-    inboxes: HashMap<u64, Inbox>,
+    inboxes: IdMap<u64, Inbox>,
     dedup: Dedup,
     presence: Presence,
     delivered: u64,
@@ -112,10 +157,10 @@ impl Partition {
             id,
             ids: MsgIdGen::new(id),
             verifier,
-            singles: HashMap::new(),
-            groups: HashMap::new(),
+            singles: IdMap::default(),
+            groups: IdMap::default(),
             group_counter: 0,
-            inboxes: HashMap::new(),
+            inboxes: IdMap::default(),
             dedup: Dedup::new(config.dedup_window_ms),
             presence: Presence::default(),
             delivered: 0,
@@ -193,6 +238,37 @@ impl Partition {
                     origin,
                     reply: Reply::Send(result),
                 });
+            }
+            Input::GroupMsg {
+                group_id,
+                msg_id,
+                from,
+                members,
+                notify,
+                exclude_session,
+            } => {
+                let key = (crate::conv::GROUP, group_id);
+                let mut updates = Vec::with_capacity(if notify { members.len() } else { 0 });
+                for &uid in members.iter() {
+                    let unread = u32::from(uid != from);
+                    let state = self
+                        .inboxes
+                        .entry(uid)
+                        .or_default()
+                        .bump(key, msg_id, unread);
+                    if notify {
+                        updates.push(link::UserConv {
+                            uid,
+                            conv: Some(state),
+                        });
+                    }
+                }
+                if !updates.is_empty() {
+                    out.push(Output::Notify(link::NotifyUsers {
+                        updates,
+                        exclude_session,
+                    }));
+                }
             }
             Input::InboxSet { entries } => {
                 for entry in entries {
@@ -336,13 +412,14 @@ impl Partition {
             message: String::new(),
         };
 
-        let states: Vec<link::UserConv> = conv
-            .readers()
-            .map(|uid| user_conv(conv, key, uid))
-            .collect();
         let exclude_session = send.session_id;
+        let partitions = self.config.partitions;
         match key {
             ConvKey::Single { .. } => {
+                let states: Vec<link::UserConv> = conv
+                    .readers()
+                    .map(|uid| user_conv(conv, key, uid))
+                    .collect();
                 let mut recipients = vec![msg.to, msg.from];
                 recipients.dedup();
                 out.push(Output::Deliver(link::Deliver {
@@ -350,20 +427,42 @@ impl Partition {
                     recipients,
                     exclude_session,
                 }));
+                inbox_set(states, partitions, out);
             }
-            ConvKey::Group(_) if conv.reader_count() <= self.config.push_threshold as usize => {
-                out.push(Output::Deliver(link::Deliver {
-                    msg: Some(msg),
-                    recipients: conv.readers().collect(),
-                    exclude_session,
-                }));
+            ConvKey::Group(group_id) => {
+                // Read diffusion: the message is stored once; each member's inbox is bumped
+                // (latest, +1 unread) by its own partition, and a NOTIFY, when the group is
+                // above the push threshold, leaves from there with the member's new state.
+                let Some(group) = self.groups.get_mut(&group_id) else {
+                    return result; // Invariant: `conv` was borrowed from this group above.
+                };
+                let fanout = group
+                    .fanout
+                    .get_or_insert_with(|| GroupFanout::new(&group.conv, partitions));
+                let notify = fanout.recipients.len() > self.config.push_threshold as usize;
+                let (msg_id, from) = (msg.msg_id, msg.from);
+                if !notify {
+                    out.push(Output::Deliver(link::Deliver {
+                        msg: Some(msg),
+                        recipients: fanout.recipients.clone(),
+                        exclude_session,
+                    }));
+                }
+                for (partition, members) in &fanout.by_partition {
+                    out.push(Output::ToPartition {
+                        partition: *partition,
+                        input: Input::GroupMsg {
+                            group_id,
+                            msg_id,
+                            from,
+                            members: Arc::clone(members),
+                            notify,
+                            exclude_session,
+                        },
+                    });
+                }
             }
-            ConvKey::Group(_) => out.push(Output::Notify(link::NotifyUsers {
-                updates: states.clone(),
-                exclude_session,
-            })),
         }
-        inbox_set(states, self.config.partitions, out);
         result
     }
 
@@ -474,14 +573,18 @@ impl Partition {
                     return biz::refuse(code::INTERNAL, "no group id left in this partition");
                 };
                 let conv = Conv::with_readers(members.into_iter().chain([call_uid]));
-                self.groups.insert(group_id, Group { name, conv });
+                self.groups.insert(group_id, Group::new(name, conv));
                 biz::ok(&biz::Created { group_id })
             }
             Ok(GroupCall::Join(gid)) => {
                 let Some(group) = self.groups.get_mut(&gid) else {
                     return biz::refuse(NO_GROUP.0, NO_GROUP.1);
                 };
-                if group.conv.add_reader(call_uid) && group.conv.latest() != 0 {
+                let joined = group.conv.add_reader(call_uid);
+                if joined {
+                    group.fanout = None;
+                }
+                if joined && group.conv.latest() != 0 {
                     let state = user_conv(&group.conv, ConvKey::Group(gid), call_uid);
                     inbox_set(vec![state], self.config.partitions, out);
                 }
@@ -491,7 +594,11 @@ impl Partition {
                 let Some(group) = self.groups.get_mut(&gid) else {
                     return biz::refuse(NO_GROUP.0, NO_GROUP.1);
                 };
-                if group.conv.remove_reader(call_uid) && group.conv.latest() != 0 {
+                let left = group.conv.remove_reader(call_uid);
+                if left {
+                    group.fanout = None;
+                }
+                if left && group.conv.latest() != 0 {
                     // latest_msg_id 0: drop the group from the user's inbox.
                     let gone = link::UserConv {
                         uid: call_uid,

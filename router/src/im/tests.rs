@@ -590,10 +590,17 @@ fn large_group_send_notifies_every_member_with_its_own_unread() {
     c.take_notifies();
     let r = c.send(group(1, gid, 2, "c"));
     assert!(c.take_delivers().is_empty());
-    let notifies = c.take_notifies();
-    assert_eq!(notifies.len(), 1);
-    let unread: Vec<(u64, u32)> = notifies[0]
-        .updates
+    // One NOTIFY per user partition of the members, each with those members' own state.
+    let mut updates: Vec<link::UserConv> = c
+        .take_notifies()
+        .into_iter()
+        .flat_map(|n| {
+            assert_eq!(n.exclude_session, session(1));
+            n.updates
+        })
+        .collect();
+    updates.sort_by_key(|u| u.uid);
+    let unread: Vec<(u64, u32)> = updates
         .iter()
         .map(|u| {
             let s = u.conv.expect("state");
@@ -1234,6 +1241,8 @@ fn randomized_run(seed: u64) {
         .iter()
         .map(|d| d.msg.as_ref().expect("msg").msg_id)
         .collect();
+    // A NOTIFY leaves each member's user partition: one message's members may span several.
+    let mut notified: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for n in c.take_notifies() {
         let ids: BTreeSet<u64> = n
             .updates
@@ -1241,7 +1250,20 @@ fn randomized_run(seed: u64) {
             .map(|u| u.conv.expect("state").latest_msg_id)
             .collect();
         assert_eq!(ids.len(), 1, "one message per NOTIFY");
-        down.extend(ids);
+        let id = ids.into_iter().next().expect("one id");
+        notified
+            .entry(id)
+            .or_default()
+            .extend(n.updates.iter().map(|u| u.uid));
+    }
+    for (id, uids) in notified {
+        let distinct: BTreeSet<u64> = uids.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            uids.len(),
+            "msg {id}: a member notified twice"
+        );
+        down.push(id);
     }
     down.sort_unstable();
     let mut stored: Vec<u64> = model.sent.values().copied().collect();

@@ -2,8 +2,10 @@
 //! index SEND checks, and the online sessions.
 //!
 //! - [`Inbox`]: one user's conversations that hold messages, each with the `ConvState` its
-//!   conversation partition last sent (`InboxSet`), an index newest first, and the running
-//!   `total_unread` (invariant: equals the sum of the entries' `unread`).
+//!   conversation partition last sent (`InboxSet`) or bumped (`GroupMsg`), the arrival order
+//!   SYNC lists them in, and the running `total_unread` (invariant: equals the sum of the
+//!   entries' `unread`). Writes are O(1) (a group message bumps every member's inbox); SYNC,
+//!   far rarer, pays for the order by selecting and sorting its page.
 //! - [`Dedup`]: `(uid, client_msg_id)` → pending (a Store is in flight) or the stored
 //!   `(msg_id, server_time_ms)`. A stored entry lives at least the window, then is pruned lazily
 //!   from a FIFO of `(recorded_at, key)` (a bounded number per input) and ignored on lookup once
@@ -13,12 +15,12 @@
 //!
 //! Driven by the partition with `now` passed in; never touches IO or the clock.
 
-use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use prost::Message as _;
 
+use crate::idmap::IdMap;
 use crate::link;
 
 /// Bytes counted per SYNC entry on top of its encoded length (field tag and length prefix).
@@ -35,10 +37,8 @@ type InboxKey = (u32, u64);
 /// stored.
 #[derive(Debug, Default)]
 pub struct Inbox {
-    /// Each conversation's state and the `touch` it is ordered by.
-    convs: HashMap<InboxKey, (link::ConvState, u64)>,
-    /// (newest first, key): the order SYNC walks.
-    order: BTreeSet<(Reverse<u64>, InboxKey)>,
+    /// Each conversation's state and the `touch` it is ordered by (higher = newer).
+    convs: IdMap<InboxKey, (link::ConvState, u64)>,
     total_unread: u64,
     /// Bumped whenever a conversation gets a newer message.
     touches: u64,
@@ -51,7 +51,6 @@ impl Inbox {
         let key = (state.conv_type, state.conv_id);
         let mut touch = None;
         if let Some((old, old_touch)) = self.convs.remove(&key) {
-            self.order.remove(&(Reverse(old_touch), key));
             self.total_unread = self.total_unread.saturating_sub(u64::from(old.unread));
             if old.latest_msg_id == state.latest_msg_id {
                 touch = Some(old_touch); // Only the unread count moved: keep its place.
@@ -64,9 +63,28 @@ impl Inbox {
             self.touches += 1;
             self.touches
         });
-        self.order.insert((Reverse(touch), key));
         self.total_unread += u64::from(state.unread);
         self.convs.insert(key, (state, touch));
+    }
+
+    /// A new message `msg_id` in conversation `key`: it becomes the newest, with `add_unread`
+    /// more unread (0 for the sender's own message). Returns the conversation's new state.
+    pub fn bump(&mut self, key: InboxKey, msg_id: u64, add_unread: u32) -> link::ConvState {
+        self.touches += 1;
+        let (state, touch) = self.convs.entry(key).or_insert((
+            link::ConvState {
+                conv_type: key.0,
+                conv_id: key.1,
+                latest_msg_id: 0,
+                unread: 0,
+            },
+            0,
+        ));
+        state.latest_msg_id = msg_id;
+        state.unread = state.unread.saturating_add(add_unread);
+        *touch = self.touches;
+        self.total_unread += u64::from(add_unread);
+        *state
     }
 
     pub fn is_empty(&self) -> bool {
@@ -86,18 +104,23 @@ impl Inbox {
 
     /// Newest first: at most `max_convs`, their `encoded_len + SYNC_OVERHEAD` summing to at most
     /// `max_bytes` (0: no byte cap); and whether some were left out.
+    /// Selects the page before sorting it, so a user with many conversations costs
+    /// O(conversations + page log page).
     pub fn newest(&self, max_convs: usize, max_bytes: usize) -> (Vec<link::ConvState>, bool) {
+        let mut by_touch: Vec<(u64, &link::ConvState)> = self
+            .convs
+            .values()
+            .map(|(state, touch)| (*touch, state))
+            .collect();
+        let newest_first = |a: &(u64, &link::ConvState), b: &(u64, &link::ConvState)| b.0.cmp(&a.0);
+        if by_touch.len() > max_convs && max_convs > 0 {
+            by_touch.select_nth_unstable_by(max_convs - 1, newest_first);
+        }
+        let candidates = &mut by_touch[..self.convs.len().min(max_convs)];
+        candidates.sort_unstable_by(newest_first);
         let mut convs = Vec::new();
         let mut bytes = 0usize;
-        for (_, key) in &self.order {
-            if convs.len() >= max_convs {
-                return (convs, true);
-            }
-            // Invariant: `order` and `convs` hold the same keys.
-            let Some((state, _)) = self.convs.get(key) else {
-                debug_assert!(false, "inbox index out of step");
-                continue;
-            };
+        for &(_, state) in candidates.iter() {
             let size = state.encoded_len() + SYNC_OVERHEAD;
             if max_bytes != 0 && bytes + size > max_bytes {
                 return (convs, true);
@@ -105,7 +128,8 @@ impl Inbox {
             bytes += size;
             convs.push(*state);
         }
-        (convs, false)
+        let has_more = convs.len() < self.convs.len();
+        (convs, has_more)
     }
 }
 
@@ -134,6 +158,7 @@ enum DedupEntry {
 #[derive(Debug)]
 pub struct Dedup {
     window_ms: u64,
+    /// SipHash with a random key: `client_msg_id` is the client's choice (see `idmap`).
     entries: HashMap<(u64, u64), DedupEntry>,
     /// `(recorded_at, key)` of every stored entry, oldest first.
     fifo: VecDeque<(u64, (u64, u64))>,
@@ -239,7 +264,7 @@ impl Dedup {
 pub struct Presence {
     /// Online sessions per user, ascending. A user has one or a few: a small vector (not a
     /// tree) keeps this a few dozen bytes per online user.
-    online: HashMap<u64, Vec<u64>>,
+    online: IdMap<u64, Vec<u64>>,
 }
 
 impl Presence {
@@ -302,6 +327,34 @@ mod tests {
         inbox.set(state(1, 901, 2));
         assert_eq!(order(&inbox), [1, 3, 2]);
         assert_eq!(inbox.total_unread(), 3);
+    }
+
+    #[test]
+    fn bumps_make_a_conversation_newest_and_add_unread_and_pages_select_the_newest() {
+        let mut inbox = Inbox::default();
+        for conv_id in 1..=50 {
+            inbox.set(state(conv_id, conv_id * 10, 0));
+        }
+        // A group message from someone else, then the member's own message.
+        assert_eq!(inbox.bump((2, 7), 1000, 1), group_state(7, 1000, 1));
+        assert_eq!(inbox.bump((2, 7), 1001, 0), group_state(7, 1001, 1));
+        assert_eq!(inbox.bump((1, 3), 1002, 1), state(3, 1002, 1));
+        assert_eq!(inbox.total_unread(), 2);
+        let (page, more) = inbox.newest(4, 0);
+        let order: Vec<(u32, u64)> = page.iter().map(|c| (c.conv_type, c.conv_id)).collect();
+        assert_eq!(order, [(1, 3), (2, 7), (1, 50), (1, 49)]);
+        assert!(more);
+        let (all, more) = inbox.newest(1000, 0);
+        assert_eq!(all.len(), 51);
+        assert!(!more);
+        assert_eq!(inbox.newest(0, 0), (Vec::new(), true));
+    }
+
+    fn group_state(conv_id: u64, latest: u64, unread: u32) -> link::ConvState {
+        link::ConvState {
+            conv_type: 2,
+            ..state(conv_id, latest, unread)
+        }
     }
 
     #[test]
