@@ -9,6 +9,9 @@
 //!   the oldest (the FIFO head goes dead and is skipped lazily).
 //! - `ack/single_in_flight`: track one, ACK it: the tracker allocates and frees its state every
 //!   time (the price of an idle session holding nothing).
+//! - `ack/fanout_1000_sessions_1024_pending`: fan-out's access pattern, beyond the caches: 1,000
+//!   trackers with ~1,024 pending each; one message tracked in every session per iteration, and
+//!   batched ACKs of the 64 oldest (per PUSH).
 //! - `ack/timeout_resend_1000`: 1,000 PUSHes come due together; one `handle_timeout` resends
 //!   them all (per PUSH).
 
@@ -40,7 +43,6 @@ fn burst(c: &mut Criterion) {
     let mut group = c.benchmark_group("ack/burst64_batched_ack");
     group.throughput(Throughput::Elements(64));
     let frame = frame();
-    let ids: Vec<u64> = (1..=64).collect();
     let mut delivered = Vec::with_capacity(64);
 
     for (name, keep_one) in [("from_empty", false), ("warm", true)] {
@@ -50,9 +52,12 @@ fn burst(c: &mut Criterion) {
             t.track(0, CONV, frame.clone(), t0, &CFG).expect("room");
         }
         let mut now = t0;
+        // Msg ids only grow: each burst takes the next 64.
+        let mut ids: Vec<u64> = (1..=64).collect();
         group.bench_function(name, |b| {
             b.iter(|| {
                 now += Duration::from_micros(1);
+                ids.iter_mut().for_each(|id| *id += 64);
                 for &id in &ids {
                     t.track(id, CONV, frame.clone(), now, &CFG).expect("room");
                 }
@@ -107,6 +112,48 @@ fn steady(c: &mut Criterion) {
     group.finish();
 }
 
+/// Fan-out's access pattern: `SESSIONS` trackers with about `WINDOW` PUSHes pending each (72 MB
+/// of state, far beyond the caches); each iteration tracks one message in every session, and
+/// every 64 iterations each session ACKs its 64 oldest in one batch. Per PUSH.
+fn many_sessions(c: &mut Criterion) {
+    const SESSIONS: usize = 1_000;
+    const WINDOW: u64 = 1_024;
+    const BATCH: u64 = 64;
+    let mut group = c.benchmark_group("ack");
+    group.throughput(Throughput::Elements(SESSIONS as u64));
+    let frame = frame();
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut trackers: Vec<AckTracker> = (0..SESSIONS).map(|_| AckTracker::new()).collect();
+    for id in 1..=WINDOW {
+        for t in &mut trackers {
+            t.track(id, CONV, frame.clone(), now, &CFG).expect("room");
+        }
+    }
+    let mut next = WINDOW + 1;
+    let mut batch: Vec<u64> = Vec::with_capacity(BATCH as usize);
+    let mut delivered = Vec::with_capacity(BATCH as usize);
+    group.bench_function("fanout_1000_sessions_1024_pending", |b| {
+        b.iter(|| {
+            now += Duration::from_micros(1);
+            for t in &mut trackers {
+                t.track(next, CONV, frame.clone(), now, &CFG).expect("room");
+            }
+            if next.is_multiple_of(BATCH) {
+                batch.clear();
+                batch.extend(next - WINDOW - BATCH + 1..=next - WINDOW);
+                for t in &mut trackers {
+                    delivered.clear();
+                    t.ack(&batch, &mut delivered);
+                }
+            }
+            next += 1;
+            black_box(delivered.len())
+        })
+    });
+    group.finish();
+}
+
 fn timeout(c: &mut Criterion) {
     let mut group = c.benchmark_group("ack");
     group.throughput(Throughput::Elements(1_000));
@@ -151,6 +198,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = burst, steady, timeout
+    targets = burst, steady, many_sessions, timeout
 }
 criterion_main!(benches);

@@ -29,32 +29,43 @@
 //!
 //! # Data structure and invariants
 //!
-//! A map `msg_id -> entry` plus one FIFO of `(deadline, msg_id)` per *level*, where an entry's
-//! level is `min(attempt, cap)` and `cap` is the first attempt whose backoff reaches
-//! `max_backoff`. Every push into one level waits the same duration, so:
+//! Two parts, because almost every PUSH is acknowledged once, in the order it was sent:
 //!
-//! - **Each level's FIFO is sorted by deadline**: items are appended at `now + wait(level)` with
-//!   a non-decreasing `now`. This is also enforced: an appended deadline is raised to the FIFO's
-//!   last one, so a `now` that went backwards or a config changed between calls can only make a
-//!   resend later, never early, and never break the order.
-//! - **Every pending entry has a live item** in the FIFO of its level, with its exact deadline.
-//!   Acked, cleared and resent entries leave their old item behind (lazy deletion); an item is
-//!   live iff the map holds its msg_id at that level with that deadline.
-//! - **Every FIFO head is live** (dead heads are popped after each operation), so
-//!   `poll_timeout` is exactly the minimum of the heads: the earliest pending deadline.
-//! - **Dead items are bounded**: when the FIFOs hold more than `2 * len + 32` items they are
-//!   compacted, which costs O(items) and frees at least half of them, so O(1) amortised.
-//! - **Empty means unallocated**: the whole state lives behind one `Option<Box<..>>` that is
-//!   dropped whenever the last pending PUSH leaves. An idle session costs one pointer.
+//! - **`fresh`**: first sends (attempt 0) in push order, a `VecDeque` of
+//!   `(msg_id, frame, conv, deadline)`. Every first send waits `ack_timeout`, so deadlines are
+//!   non-decreasing along the deque (an appended deadline is raised to the last one, so a `now`
+//!   that went backwards can only make a resend later, never early). An acknowledged entry
+//!   gives up its frame and stays as a dead slot until it reaches the front; **the front is
+//!   always live**, so it holds the earliest first-send deadline. Dead slots are bounded: when
+//!   the deque holds more than `2 * live + 32` slots it is compacted (O(slots), amortised O(1)).
+//!   An ACK is looked for first at the *hint* (just past the last entry found) and the few
+//!   slots after it: in-order ACKs cost one sequential step each, with no hashing, which is
+//!   what a fan-out of a thousand sessions times a thousand pending PUSHes needs (the hash
+//!   map this replaced missed the cache on every insert and every ACK). Otherwise: a binary
+//!   search while the deque's msg_ids are increasing (the usual case: ids grow within a
+//!   conversation), or an index `msg_id -> slot` built on first need and kept until the deque
+//!   empties (ids from several partitions interleaved), so no ACK pattern costs a scan.
+//! - **`retrying`**: entries that came due at least once, a map `msg_id -> entry` plus one FIFO
+//!   of `(deadline, msg_id)` per *level*, where an entry's level is `min(attempt, cap)` and
+//!   `cap` is the first attempt whose backoff reaches `max_backoff`. Every push into one level
+//!   waits the same duration, so each level's FIFO is sorted by deadline (appends are raised to
+//!   the last deadline, as above). Every retrying entry has a live item in its level's FIFO;
+//!   acked and resent entries leave their old item behind (lazy deletion); an item is live iff
+//!   the map holds its msg_id at that level with that deadline; every FIFO head is live; dead
+//!   items are compacted past `2 * len + 32`.
 //!
-//! Costs: `track` and each acked id are one hash operation plus an append (O(1) amortised);
-//! `handle_timeout` is O(k log k) for k due entries (they are sorted by msg_id so resends keep
-//! conversation order); `poll_timeout` is O(levels), a handful; `clear_through` is one pass over
-//! the pending entries (~1 ns each, bounded by `max_pending`), chosen so that the hot
-//! `track`/`ack` path maintains no per-conversation index for the rarer PULL.
+//! A msg_id is live in at most one place. `poll_timeout` is the minimum of `fresh`'s front and
+//! the FIFO heads: exactly the earliest pending deadline. **Empty means unallocated** after
+//! [`AckTracker::release`]: the whole state lives behind one `Option<Box<..>>`.
+//!
+//! Costs: `track` is an append (plus a lookup only when its msg_id is not above every id
+//! tracked, to ignore a duplicate); an in-order acked id is O(1) without hashing, any other
+//! O(log n) or one hash operation; `handle_timeout` is O(k log k) for k due entries (sorted by
+//! msg_id so resends keep conversation order); `poll_timeout` is O(levels), a handful;
+//! `clear_through` is one pass over the pending entries (bounded by `max_pending`), chosen so
+//! the hot path maintains no per-conversation index for the rarer PULL.
 
 use std::collections::VecDeque;
-use std::collections::hash_map::Entry as MapEntry;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -137,7 +148,7 @@ pub struct Full {
     pub max_pending: usize,
 }
 
-/// One PUSH waiting for its ACK.
+/// A PUSH resent at least once, waiting for its ACK.
 struct Pending {
     frame: Bytes,
     conv: ConvRef,
@@ -149,23 +160,183 @@ struct Pending {
     level: u32,
 }
 
-/// A FIFO item; live iff the map holds `msg_id` at this level with this `deadline`.
+/// A first send in push order; dead (acknowledged, cleared or moved to `retrying`) once its
+/// frame is taken.
+struct Fresh {
+    msg_id: u64,
+    frame: Option<Bytes>,
+    conv: ConvRef,
+    deadline: Instant,
+}
+
+impl Fresh {
+    fn is_live(&self) -> bool {
+        self.frame.is_some()
+    }
+}
+
+/// A FIFO item; live iff `retrying` holds `msg_id` at this level with this `deadline`.
 #[derive(Clone, Copy, Debug)]
 struct Due {
     deadline: Instant,
     msg_id: u64,
 }
 
+/// Slots after the hint an ACK is looked for before a search: a few lost ACKs in a row still
+/// take the fast path.
+const HINT_WINDOW: usize = 8;
+
 /// The state of a non-empty tracker.
-#[derive(Default)]
 struct Inner {
-    pending: IdMap<u64, Pending>,
-    /// Level 0 (first sends), inline: a tracker that never resends allocates no level vector.
-    first: VecDeque<Due>,
-    /// Levels 1.., grown on demand.
-    retry: Vec<VecDeque<Due>>,
-    /// Scratch for `handle_timeout`, kept while the tracker is non-empty.
+    /// First sends, in push order (see the module doc).
+    fresh: VecDeque<Fresh>,
+    /// Live slots in `fresh`.
+    fresh_live: usize,
+    /// Every msg_id in `fresh` is above the one before it: lookups may binary-search.
+    fresh_sorted: bool,
+    /// Absolute number of `fresh[0]`: slots are numbered in push order from the tracker's
+    /// start, so `index` survives pops at the front.
+    front_seq: u64,
+    /// Where the next in-order ACK is expected: the slot after the last one found.
+    hint: usize,
+    /// msg_id -> absolute slot number of every live slot, while `fresh` is not sorted and a
+    /// lookup needed it; dropped when `fresh` empties.
+    index: Option<IdMap<u64, u64>>,
+    /// The highest msg_id tracked since the tracker was last empty: a larger one is new.
+    max_tracked: u64,
+    /// Entries resent at least once (the rare path).
+    retrying: IdMap<u64, Pending>,
+    /// The FIFO of each level, indexed by level, grown on demand.
+    levels: Vec<VecDeque<Due>>,
+    /// Scratch for `handle_timeout`, kept while the tracker is allocated.
     due: Vec<u64>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            fresh: VecDeque::new(),
+            fresh_live: 0,
+            fresh_sorted: true,
+            front_seq: 0,
+            hint: 0,
+            index: None,
+            max_tracked: 0,
+            retrying: IdMap::default(),
+            levels: Vec::new(),
+            due: Vec::new(),
+        }
+    }
+}
+
+impl Inner {
+    fn len(&self) -> usize {
+        self.fresh_live + self.retrying.len()
+    }
+
+    /// The slot of the live first send `msg_id`, if there is one.
+    fn find_fresh(&mut self, msg_id: u64) -> Option<usize> {
+        let len = self.fresh.len();
+        let start = self.hint.min(len);
+        let window = start..(start + HINT_WINDOW).min(len);
+        if let Some(slot) = window
+            .into_iter()
+            .find(|&i| self.fresh[i].msg_id == msg_id && self.fresh[i].is_live())
+        {
+            return Some(slot);
+        }
+        if self.fresh_sorted {
+            // Strictly increasing ids: at most one slot holds `msg_id`.
+            let slot = self.fresh.partition_point(|e| e.msg_id < msg_id);
+            return self
+                .fresh
+                .get(slot)
+                .is_some_and(|e| e.msg_id == msg_id && e.is_live())
+                .then_some(slot);
+        }
+        let front_seq = self.front_seq;
+        let index = self.index.get_or_insert_with(|| {
+            self.fresh
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.is_live())
+                .map(|(i, e)| (e.msg_id, front_seq + i as u64))
+                .collect()
+        });
+        let seq = *index.get(&msg_id)?;
+        // Invariant: the index names live slots at or after the front.
+        usize::try_from(seq - front_seq).ok()
+    }
+
+    /// Takes the frame of live slot `slot` (it becomes dead).
+    fn take_fresh(&mut self, slot: usize) -> Option<Bytes> {
+        let entry = self.fresh.get_mut(slot)?;
+        let frame = entry.frame.take()?;
+        self.fresh_live -= 1;
+        if let Some(index) = &mut self.index {
+            index.remove(&entry.msg_id);
+        }
+        Some(frame)
+    }
+
+    /// Is `msg_id` pending anywhere?
+    fn contains(&mut self, msg_id: u64) -> bool {
+        msg_id <= self.max_tracked
+            && (self.retrying.contains_key(&msg_id) || self.find_fresh(msg_id).is_some())
+    }
+
+    /// Restores the invariants after entries left: empties everything (keeping allocations)
+    /// when nothing is pending; else pops dead slots and FIFO heads and compacts when dead
+    /// ones dominate.
+    fn settle(&mut self) {
+        if self.len() == 0 {
+            self.fresh.clear();
+            self.fresh_sorted = true;
+            self.hint = 0;
+            self.index = None;
+            self.max_tracked = 0;
+            self.levels.iter_mut().for_each(VecDeque::clear);
+            return;
+        }
+        while self.fresh.front().is_some_and(|e| !e.is_live()) {
+            self.fresh.pop_front();
+            self.front_seq += 1;
+            self.hint = self.hint.saturating_sub(1);
+        }
+        if self.fresh.len() > 2 * self.fresh_live + COMPACT_SLACK {
+            self.fresh.retain(Fresh::is_live);
+            self.hint = 0;
+            if let Some(index) = &mut self.index {
+                index.clear();
+                let front_seq = self.front_seq;
+                index.extend(
+                    self.fresh
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| (e.msg_id, front_seq + i as u64)),
+                );
+            }
+        }
+        if self.fresh.is_empty() {
+            self.fresh_sorted = true;
+            self.index = None;
+        }
+        let Self {
+            retrying, levels, ..
+        } = self;
+        let mut items = 0;
+        for (level, queue) in levels.iter_mut().enumerate() {
+            while queue.front().is_some_and(|&d| !is_live(retrying, level, d)) {
+                queue.pop_front();
+            }
+            items += queue.len();
+        }
+        if items > 2 * retrying.len() + COMPACT_SLACK {
+            for (level, queue) in levels.iter_mut().enumerate() {
+                queue.retain(|&d| is_live(retrying, level, d));
+            }
+        }
+    }
 }
 
 /// The unacknowledged PUSHes of one session and when to resend them. See the module doc.
@@ -209,36 +380,52 @@ impl AckTracker {
             None if cfg.max_pending == 0 => return Err(full),
             None => self.inner.insert(Box::default()),
         };
-        let len = inner.pending.len();
-        let MapEntry::Vacant(slot) = inner.pending.entry(msg_id) else {
+        if inner.contains(msg_id) {
             return Ok(());
-        };
-        if len >= cfg.max_pending {
+        }
+        if inner.len() >= cfg.max_pending {
             return Err(full);
         }
-        let deadline = schedule(&mut inner.first, later(now, cfg.backoff(0)), msg_id);
-        slot.insert(Pending {
-            frame,
+        let at = later(now, cfg.backoff(0));
+        let deadline = inner.fresh.back().map_or(at, |last| last.deadline.max(at));
+        if inner.fresh.back().is_some_and(|last| last.msg_id >= msg_id) {
+            inner.fresh_sorted = false;
+        }
+        if let Some(index) = &mut inner.index {
+            index.insert(msg_id, inner.front_seq + inner.fresh.len() as u64);
+        }
+        inner.fresh.push_back(Fresh {
+            msg_id,
+            frame: Some(frame),
             conv,
             deadline,
-            attempt: 0,
-            level: 0,
         });
+        inner.fresh_live += 1;
+        inner.max_tracked = inner.max_tracked.max(msg_id);
         Ok(())
     }
 
     /// An ACK named `msg_ids`: each pending one is forgotten and appended to `delivered`, in the
-    /// order named. Unknown and repeated ids are ignored. O(1) amortised per id.
+    /// order named. Unknown and repeated ids are ignored. O(1) per id when ACKs come in the
+    /// order the PUSHes were sent.
     pub fn ack(&mut self, msg_ids: &[u64], delivered: &mut Vec<u64>) {
         let Some(inner) = self.inner.as_deref_mut() else {
             return;
         };
         for &msg_id in msg_ids {
-            if inner.pending.remove(&msg_id).is_some() {
+            if msg_id > inner.max_tracked {
+                continue;
+            }
+            if let Some(slot) = inner.find_fresh(msg_id) {
+                if inner.take_fresh(slot).is_some() {
+                    inner.hint = slot + 1;
+                    delivered.push(msg_id);
+                }
+            } else if inner.retrying.remove(&msg_id).is_some() {
                 delivered.push(msg_id);
             }
         }
-        self.settle();
+        inner.settle();
     }
 
     /// A forward PULL of `conv` from `after_msg_id` acknowledges everything up to it
@@ -250,7 +437,15 @@ impl AckTracker {
             return;
         };
         let start = delivered.len();
-        inner.pending.retain(|&msg_id, pending| {
+        for slot in 0..inner.fresh.len() {
+            let e = &inner.fresh[slot];
+            if e.is_live() && e.conv == conv && e.msg_id <= after_msg_id {
+                let msg_id = e.msg_id;
+                inner.take_fresh(slot);
+                delivered.push(msg_id);
+            }
+        }
+        inner.retrying.retain(|&msg_id, pending| {
             let cleared = pending.conv == conv && msg_id <= after_msg_id;
             if cleared {
                 delivered.push(msg_id);
@@ -258,7 +453,7 @@ impl AckTracker {
             !cleared
         });
         delivered[start..].sort_unstable();
-        self.settle();
+        inner.settle();
     }
 
     /// The earliest deadline of a pending PUSH: call [`Self::handle_timeout`] then. `None` when
@@ -266,11 +461,14 @@ impl AckTracker {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let inner = self.inner.as_deref()?;
-        inner
-            .queues()
+        // Invariant: the front of `fresh` and every FIFO head are live.
+        let fresh = inner.fresh.front().map(|e| e.deadline);
+        let retrying = inner
+            .levels
+            .iter()
             .filter_map(|q| q.front())
-            .map(|d| d.deadline)
-            .min()
+            .map(|d| d.deadline);
+        fresh.into_iter().chain(retrying).min()
     }
 
     /// Handles every PUSH due at `now`, in msg_id order (so resends keep conversation order):
@@ -290,23 +488,47 @@ impl AckTracker {
         let Some(inner) = self.inner.as_deref_mut() else {
             return false;
         };
+        inner.due.clear();
+        // First sends that came due move to `retrying` (attempt 0, in no FIFO yet), which
+        // grows once for all of them.
+        let coming = inner.fresh.iter().take_while(|e| e.deadline <= now).count();
+        inner.retrying.reserve(coming);
+        while inner.fresh.front().is_some_and(|e| e.deadline <= now) {
+            if let Some(e) = inner.fresh.front()
+                && e.is_live()
+            {
+                let (msg_id, conv, deadline) = (e.msg_id, e.conv, e.deadline);
+                if let Some(frame) = inner.take_fresh(0) {
+                    inner.retrying.insert(
+                        msg_id,
+                        Pending {
+                            frame,
+                            conv,
+                            deadline,
+                            attempt: 0,
+                            level: u32::MAX,
+                        },
+                    );
+                    inner.due.push(msg_id);
+                }
+            }
+            inner.fresh.pop_front();
+            inner.front_seq += 1;
+            inner.hint = inner.hint.saturating_sub(1);
+        }
         let Inner {
-            pending,
-            first,
-            retry,
+            retrying,
+            levels,
             due,
+            ..
         } = inner;
-        due.clear();
-        for (level, queue) in std::iter::once(&mut *first)
-            .chain(retry.iter_mut())
-            .enumerate()
-        {
+        for (level, queue) in levels.iter_mut().enumerate() {
             while let Some(&item) = queue.front() {
                 if item.deadline > now {
                     break;
                 }
                 queue.pop_front();
-                if is_live(pending, level, item) {
+                if is_live(retrying, level, item) {
                     due.push(item.msg_id);
                 }
             }
@@ -318,11 +540,11 @@ impl AckTracker {
         let cap = cfg.cap_level();
         let mut gave_up = false;
         for &msg_id in due.iter() {
-            let Some(entry) = pending.get_mut(&msg_id) else {
+            let Some(entry) = retrying.get_mut(&msg_id) else {
                 continue;
             };
             if entry.attempt >= cfg.max_retries {
-                pending.remove(&msg_id);
+                retrying.remove(&msg_id);
                 undelivered.push(msg_id);
                 gave_up = true;
                 continue;
@@ -330,10 +552,10 @@ impl AckTracker {
             entry.attempt += 1;
             entry.level = entry.attempt.min(cap);
             resend.push(entry.frame.clone());
-            let queue = level_mut(first, retry, entry.level);
+            let queue = level_mut(levels, entry.level);
             entry.deadline = schedule(queue, later(now, cfg.backoff(entry.attempt)), msg_id);
         }
-        self.settle();
+        inner.settle();
         gave_up
     }
 
@@ -344,20 +566,19 @@ impl AckTracker {
             return;
         };
         let start = undelivered.len();
-        undelivered.extend(inner.pending.into_keys());
+        undelivered.extend(inner.fresh.iter().filter(|e| e.is_live()).map(|e| e.msg_id));
+        undelivered.extend(inner.retrying.into_keys());
         undelivered[start..].sort_unstable();
     }
 
     /// Pending PUSHes.
     pub fn len(&self) -> usize {
-        self.inner.as_ref().map_or(0, |inner| inner.pending.len())
+        self.inner.as_ref().map_or(0, |inner| inner.len())
     }
 
     /// Nothing pending.
     pub fn is_empty(&self) -> bool {
-        self.inner
-            .as_ref()
-            .is_none_or(|inner| inner.pending.is_empty())
+        self.len() == 0
     }
 
     /// Frees the state kept from earlier PUSHes if nothing is pending. The shell calls it when
@@ -368,66 +589,15 @@ impl AckTracker {
             self.inner = None;
         }
     }
-
-    /// Restores the invariants after entries left: frees everything when empty, else pops dead
-    /// FIFO heads and compacts when dead items dominate.
-    fn settle(&mut self) {
-        let Some(inner) = self.inner.as_deref_mut() else {
-            return;
-        };
-        if inner.pending.is_empty() {
-            // Keep the (now empty) state for the next PUSH: an active session would otherwise
-            // allocate and free it per message. `release` frees it once the session is quiet.
-            inner.first.clear();
-            inner.retry.iter_mut().for_each(VecDeque::clear);
-            return;
-        }
-        let Inner {
-            pending,
-            first,
-            retry,
-            ..
-        } = inner;
-        let mut items = 0;
-        for (level, queue) in std::iter::once(&mut *first)
-            .chain(retry.iter_mut())
-            .enumerate()
-        {
-            while queue.front().is_some_and(|&d| !is_live(pending, level, d)) {
-                queue.pop_front();
-            }
-            items += queue.len();
-        }
-        if items > 2 * pending.len() + COMPACT_SLACK {
-            for (level, queue) in std::iter::once(&mut *first)
-                .chain(retry.iter_mut())
-                .enumerate()
-            {
-                queue.retain(|&d| is_live(pending, level, d));
-            }
-        }
-    }
-}
-
-impl Inner {
-    fn queues(&self) -> impl Iterator<Item = &VecDeque<Due>> {
-        std::iter::once(&self.first).chain(self.retry.iter())
-    }
 }
 
 /// The FIFO of `level`, growing the level vector if this is the first entry to reach it.
-fn level_mut<'a>(
-    first: &'a mut VecDeque<Due>,
-    retry: &'a mut Vec<VecDeque<Due>>,
-    level: u32,
-) -> &'a mut VecDeque<Due> {
-    let Some(index) = (level as usize).checked_sub(1) else {
-        return first;
-    };
-    if retry.len() <= index {
-        retry.resize_with(index + 1, VecDeque::new);
+fn level_mut(levels: &mut Vec<VecDeque<Due>>, level: u32) -> &mut VecDeque<Due> {
+    let index = level as usize;
+    if levels.len() <= index {
+        levels.resize_with(index + 1, VecDeque::new);
     }
-    &mut retry[index]
+    &mut levels[index]
 }
 
 /// Appends an item due at `at` (raised to the FIFO's last deadline, keeping it sorted) and
@@ -438,8 +608,8 @@ fn schedule(queue: &mut VecDeque<Due>, at: Instant, msg_id: u64) -> Instant {
     deadline
 }
 
-fn is_live(pending: &IdMap<u64, Pending>, level: usize, item: Due) -> bool {
-    pending
+fn is_live(retrying: &IdMap<u64, Pending>, level: usize, item: Due) -> bool {
+    retrying
         .get(&item.msg_id)
         .is_some_and(|p| p.level as usize == level && p.deadline == item.deadline)
 }
@@ -508,34 +678,69 @@ mod tests {
             let Some(inner) = self.inner.as_deref() else {
                 return;
             };
-            if inner.pending.is_empty() {
+            if inner.len() == 0 {
                 // Kept for reuse after emptying: nothing queued either.
+                assert!(inner.fresh.is_empty(), "an empty tracker holds no slot");
                 assert!(
-                    inner.queues().all(|q| q.is_empty()),
+                    inner.levels.iter().all(VecDeque::is_empty),
                     "an empty tracker queues nothing"
                 );
                 return;
             }
+            // fresh: front live, deadlines sorted, live count, sortedness, index, bounded.
+            if let Some(front) = inner.fresh.front() {
+                assert!(front.is_live(), "dead front");
+            }
+            let slots: Vec<&Fresh> = inner.fresh.iter().collect();
+            for pair in slots.windows(2) {
+                assert!(pair[0].deadline <= pair[1].deadline, "fresh out of order");
+                if inner.fresh_sorted {
+                    assert!(pair[0].msg_id < pair[1].msg_id, "fresh not sorted");
+                }
+            }
+            let live: Vec<u64> = slots
+                .iter()
+                .filter(|e| e.is_live())
+                .map(|e| e.msg_id)
+                .collect();
+            assert_eq!(live.len(), inner.fresh_live, "live count");
+            let distinct: std::collections::HashSet<u64> = live.iter().copied().collect();
+            assert_eq!(distinct.len(), live.len(), "a msg_id live twice in fresh");
+            for id in &live {
+                assert!(!inner.retrying.contains_key(id), "{id} live in both parts");
+                assert!(*id <= inner.max_tracked);
+            }
+            if let Some(index) = &inner.index {
+                assert_eq!(index.len(), live.len(), "index covers the live slots");
+                for (i, e) in slots.iter().enumerate() {
+                    if e.is_live() {
+                        assert_eq!(index.get(&e.msg_id), Some(&(inner.front_seq + i as u64)));
+                    }
+                }
+            }
+            assert!(inner.fresh.len() <= 2 * inner.fresh_live + COMPACT_SLACK);
+            // retrying: heads live, FIFOs sorted, every entry has a live item, bounded.
             let mut items = 0;
-            for (level, queue) in inner.queues().enumerate() {
+            for (level, queue) in inner.levels.iter().enumerate() {
                 items += queue.len();
                 if let Some(&head) = queue.front() {
-                    assert!(is_live(&inner.pending, level, head), "dead head");
+                    assert!(is_live(&inner.retrying, level, head), "dead head");
                 }
                 for pair in queue.iter().collect::<Vec<_>>().windows(2) {
                     assert!(pair[0].deadline <= pair[1].deadline, "FIFO out of order");
                 }
             }
-            for (&msg_id, p) in &inner.pending {
+            for (&msg_id, p) in &inner.retrying {
+                assert!(msg_id <= inner.max_tracked);
                 let live = inner
-                    .queues()
-                    .nth(p.level as usize)
+                    .levels
+                    .get(p.level as usize)
                     .expect("level exists")
                     .iter()
                     .any(|d| d.msg_id == msg_id && d.deadline == p.deadline);
                 assert!(live, "pending {msg_id} has no live item");
             }
-            assert!(items <= 2 * inner.pending.len() + COMPACT_SLACK);
+            assert!(items <= 2 * inner.retrying.len() + COMPACT_SLACK);
         }
     }
 
@@ -864,6 +1069,75 @@ mod tests {
     }
 
     #[test]
+    fn in_order_acks_take_the_fast_path_and_build_no_index() {
+        let cfg = AckConfig {
+            max_pending: 10_000,
+            ..cfg()
+        };
+        let t0 = Instant::now();
+        let mut t = AckTracker::new();
+        for id in 1..=1_000 {
+            track(&mut t, id * 3, A, t0, &cfg);
+        }
+        // Batches of 64 in push order, every tenth ACK lost.
+        let acked: Vec<u64> = (1..=1_000).filter(|i| i % 10 != 0).map(|i| i * 3).collect();
+        let mut delivered = Vec::new();
+        for batch in acked.chunks(64) {
+            t.ack(batch, &mut delivered);
+            t.check_invariants();
+        }
+        assert_eq!(delivered, acked);
+        assert_eq!(t.len(), 100);
+        let inner = t.inner.as_deref().expect("pending");
+        assert!(inner.fresh_sorted && inner.index.is_none());
+        // The lost ones are still found, by binary search.
+        let lost: Vec<u64> = (1..=100).rev().map(|i| i * 30).collect();
+        let mut delivered = Vec::new();
+        t.ack(&lost, &mut delivered);
+        assert_eq!(delivered, lost);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn interleaved_ids_are_found_through_the_index() {
+        let cfg = AckConfig {
+            max_pending: 10_000,
+            ..cfg()
+        };
+        let t0 = Instant::now();
+        let mut t = AckTracker::new();
+        // Ids of two partitions interleaved: not increasing in push order.
+        let ids: Vec<u64> = (0..500).flat_map(|i| [1_000_000 + i, 2_000 + i]).collect();
+        for &id in &ids {
+            track(&mut t, id, A, t0, &cfg);
+        }
+        assert!(!t.inner.as_deref().expect("pending").fresh_sorted);
+        // Duplicates of pending ids are still ignored.
+        track(&mut t, 2_000, A, t0, &cfg);
+        assert_eq!(t.len(), 1_000);
+        let mut backwards = ids.clone();
+        backwards.reverse();
+        let mut delivered = Vec::new();
+        t.ack(&backwards[..400], &mut delivered);
+        assert!(t.inner.as_deref().expect("pending").index.is_some());
+        t.check_invariants();
+        // Unknown and repeated ids are ignored; new pushes join the index.
+        t.ack(&[1, 3_000_000, backwards[0]], &mut delivered);
+        track(&mut t, 5, B, t0, &cfg);
+        t.check_invariants();
+        t.ack(&backwards[400..], &mut delivered);
+        t.ack(&[5], &mut delivered);
+        let mut want = backwards.clone();
+        want.push(5);
+        assert_eq!(delivered, want);
+        assert!(t.is_empty());
+        assert!(
+            t.inner.as_deref().expect("kept").index.is_none(),
+            "dropped when empty"
+        );
+    }
+
+    #[test]
     fn dead_items_are_compacted() {
         let cfg = cfg();
         let t0 = Instant::now();
@@ -875,13 +1149,9 @@ mod tests {
             t.ack(&[id], &mut Vec::new());
             t.check_invariants();
         }
-        let items: usize = t
-            .inner
-            .as_deref()
-            .expect("pending")
-            .queues()
-            .map(VecDeque::len)
-            .sum();
+        let inner = t.inner.as_deref().expect("pending");
+        let items: usize =
+            inner.fresh.len() + inner.levels.iter().map(VecDeque::len).sum::<usize>();
         assert!(
             items <= 1 + COMPACT_SLACK + 2,
             "{items} items for 1 pending"
