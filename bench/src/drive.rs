@@ -67,11 +67,18 @@ pub trait Pacer<H: Handler> {
     fn stamp(&mut self, now_ns: u64) -> u64;
     /// Registers a wake-up for when `room` may grow; true if it may have grown already.
     fn poll_room(&mut self, cx: &mut Context<'_>, exec: &Exec, h: &H, now_ns: u64) -> bool;
-    /// This connection just read `unique` new deliveries.
-    fn delivered(&mut self, _unique: u64) {}
+    /// `n` messages were just appended (and are about to be written).
+    fn sent(&mut self, _n: u64) {}
+    /// What this connection just read: deliveries to it, answers to its sends.
+    fn counted(&mut self, _counts: &Counts) {}
     /// Nothing more will ever be sent.
     fn finished(&self) -> bool {
         false
+    }
+    /// Messages still owed once the window has closed (an open loop's schedule runs to the end
+    /// of the window, so a sender woken just after it still sends what was due before it).
+    fn backlog(&mut self, _now_ns: u64) -> u64 {
+        0
     }
 }
 
@@ -120,6 +127,10 @@ impl<H: Handler> Pacer<H> for OpenLoop {
 
     fn finished(&self) -> bool {
         self.schedule.next_at().is_none()
+    }
+
+    fn backlog(&mut self, now_ns: u64) -> u64 {
+        self.schedule.due(now_ns)
     }
 }
 
@@ -192,10 +203,17 @@ impl<H: Handler, W: Pacer<H>> Pacer<H> for Paced<W> {
         }
     }
 
-    fn delivered(&mut self, unique: u64) {
+    fn sent(&mut self, n: u64) {
         match self {
-            Self::Open(p) => Pacer::<H>::delivered(p, unique),
-            Self::Closed(p) => p.delivered(unique),
+            Self::Open(p) => Pacer::<H>::sent(p, n),
+            Self::Closed(p) => p.sent(n),
+        }
+    }
+
+    fn counted(&mut self, counts: &Counts) {
+        match self {
+            Self::Open(p) => Pacer::<H>::counted(p, counts),
+            Self::Closed(p) => p.counted(counts),
         }
     }
 
@@ -205,6 +223,13 @@ impl<H: Handler, W: Pacer<H>> Pacer<H> for Paced<W> {
             Self::Closed(p) => p.finished(),
         }
     }
+
+    fn backlog(&mut self, now_ns: u64) -> u64 {
+        match self {
+            Self::Open(p) => Pacer::<H>::backlog(p, now_ns),
+            Self::Closed(p) => p.backlog(now_ns),
+        }
+    }
 }
 
 /// Smallest refill a closed-loop sender waits for: 1/16 of its in-flight bound, 1 to 64.
@@ -212,14 +237,14 @@ pub fn min_refill(inflight: u64) -> u64 {
     (inflight / 16).clamp(1, 64)
 }
 
-/// Counts what one event brought and writes what it produced: `Ok(Some(unique deliveries))`, or
-/// `Ok(None)` when the run is over and the connection ends quietly.
+/// Counts what one event brought and writes what it produced: `Ok(Some(counts))`, or `Ok(None)`
+/// when the run is over and the connection ends quietly.
 async fn settle<H: Handler>(
     exec: &Exec,
     conn: &mut Conn,
     h: &mut H,
     event: Result<Event, ConnError>,
-) -> Result<Option<u64>, ConnError> {
+) -> Result<Option<Counts>, ConnError> {
     let done = || exec.shared.phase() == Phase::Done;
     match event {
         Ok(Event::Eof) if done() => return Ok(None),
@@ -233,7 +258,7 @@ async fn settle<H: Handler>(
     exec.count(&counts);
     conn.set_acks_pending(h.acks_pending());
     match conn.flush_out().await {
-        Ok(()) => Ok(Some(counts.delivered.saturating_sub(counts.repeats))),
+        Ok(()) => Ok(Some(counts)),
         Err(_) if done() => Ok(None),
         Err(e) => Err(e),
     }
@@ -265,6 +290,28 @@ pub async fn receive<H: Handler>(exec: &Exec, conn: &mut Conn, h: &mut H) -> Res
     }
 }
 
+/// Appends `n` sends and writes them: `Ok(false)` when the run is over (the socket was shut).
+async fn send_batch<H: Handler, P: Pacer<H>>(
+    exec: &Exec,
+    conn: &mut Conn,
+    h: &mut H,
+    pacer: &mut P,
+    n: u64,
+    now_ns: u64,
+) -> Result<bool, ConnError> {
+    for _ in 0..n {
+        let stamp = pacer.stamp(now_ns);
+        h.put_send(&mut conn.out, stamp);
+    }
+    exec.stats().add_sent(n);
+    pacer.sent(n);
+    match conn.flush_out().await {
+        Ok(()) => Ok(true),
+        Err(_) if exec.shared.phase() == Phase::Done => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Waits for the start, sends as `pacer` allows until `start + duration`, then reads until the
 /// run is over.
 pub async fn send<H: Handler, P: Pacer<H>>(
@@ -286,23 +333,24 @@ pub async fn send<H: Handler, P: Pacer<H>>(
     let mut end_timer = Timer::new(end.saturating_duration_since(Instant::now()));
     loop {
         let now = Instant::now();
+        let now_ns = exec.ns_since_start(now);
         if now >= end || exec.shared.phase() != Phase::Running || pacer.finished() {
+            // What was scheduled before the end still goes, then the connection only reads.
+            loop {
+                let n = pacer.backlog(now_ns).min(SEND_BATCH);
+                if n == 0 {
+                    break;
+                }
+                if !send_batch(exec, conn, h, pacer, n, now_ns).await? {
+                    return Ok(());
+                }
+            }
             return receive(exec, conn, h).await;
         }
-        let now_ns = exec.ns_since_start(now);
         let n = pacer.room(exec, h, now_ns).min(SEND_BATCH);
         if n >= pacer.min_batch() {
-            for _ in 0..n {
-                let stamp = pacer.stamp(now_ns);
-                h.put_send(&mut conn.out, stamp);
-            }
-            exec.stats().add_sent(n);
-            if let Err(e) = conn.flush_out().await {
-                return if exec.shared.phase() == Phase::Done {
-                    Ok(())
-                } else {
-                    Err(e)
-                };
+            if !send_batch(exec, conn, h, pacer, n, now_ns).await? {
+                return Ok(());
             }
             // Let the other connections of this executor read before the next batch.
             futures_lite::future::yield_now().await;
@@ -316,7 +364,7 @@ pub async fn send<H: Handler, P: Pacer<H>>(
             })
             .await;
         match settle(exec, conn, h, event).await? {
-            Some(unique) => pacer.delivered(unique),
+            Some(counts) => pacer.counted(&counts),
             None => return Ok(()),
         }
     }

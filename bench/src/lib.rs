@@ -19,6 +19,7 @@
 //! Scenarios: [`fanout`] (one group or subject, many receivers), [`chat`] (one-to-one pairs),
 //! [`uplink`] (SEND → SendResp).
 
+pub mod chat;
 pub mod coord;
 pub mod drive;
 pub mod exec;

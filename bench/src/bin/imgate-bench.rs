@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+use bench::chat::{self, ChatArgs};
 use bench::coord::RunError;
 use bench::fanout::{self, FanoutArgs};
 use bench::report::Report;
@@ -25,6 +26,9 @@ enum Scenario {
     /// M subscribers and P publishers on one group (gate) or subject (nats); deliveries/s and
     /// latency, at max with a bounded window or at an open-loop --rate.
     Fanout(FanoutArgs),
+    /// N pairs of users sending single-chat messages to each other; delivered/s and latency,
+    /// at an open-loop --rate or at max with a window per user.
+    Chat(ChatArgs),
 }
 
 /// Prints the summary and turns it into the exit code.
@@ -55,5 +59,6 @@ fn finish(result: Result<impl Report, RunError>, json: bool) -> ExitCode {
 fn main() -> ExitCode {
     match Cli::parse().scenario {
         Scenario::Fanout(args) => finish(fanout::run(&args), args.json),
+        Scenario::Chat(args) => finish(chat::run(&args), args.json),
     }
 }
