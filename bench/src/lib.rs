@@ -30,4 +30,5 @@ pub mod nats;
 pub mod nats_conn;
 pub mod procstat;
 pub mod report;
+pub mod uplink;
 pub mod wire;

@@ -8,6 +8,7 @@ use bench::chat::{self, ChatArgs};
 use bench::coord::RunError;
 use bench::fanout::{self, FanoutArgs};
 use bench::report::Report;
+use bench::uplink::{self, UplinkArgs};
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
@@ -29,6 +30,9 @@ enum Scenario {
     /// N pairs of users sending single-chat messages to each other; delivered/s and latency,
     /// at an open-loop --rate or at max with a window per user.
     Chat(ChatArgs),
+    /// C connections sending SENDs to offline uids; SendResp/s and send → SendResp latency, at
+    /// an open-loop --rate or at max with a window per connection.
+    Uplink(UplinkArgs),
 }
 
 /// Prints the summary and turns it into the exit code.
@@ -60,5 +64,6 @@ fn main() -> ExitCode {
     match Cli::parse().scenario {
         Scenario::Fanout(args) => finish(fanout::run(&args), args.json),
         Scenario::Chat(args) => finish(chat::run(&args), args.json),
+        Scenario::Uplink(args) => finish(uplink::run(&args), args.json),
     }
 }
