@@ -1,14 +1,34 @@
 //! imgate's load generator and the home of the criterion suites in `bench/benches/`, one file per
 //! sans-IO core.
 //!
-//! - [`wire`]: the gate's frames as borrowed views, the PUSH `msg_id` skip-parser, ACK batches and
-//!   the SEND template (sans-IO).
-//! - [`nats`]: the part of nats-server's text protocol the tool speaks (sans-IO).
+//! Sans-IO pieces:
+//! - [`wire`]: the gate's frames as borrowed views, skip-parsers for the few fields the tool
+//!   reads (PUSH id, sender and timestamp; SendResp code; NOTIFY; PullResp), ACK batches, the
+//!   SEND template and PULL requests.
+//! - [`nats`]: the part of nats-server's text protocol the tool speaks.
+//! - [`latency`]: send timestamps, the open-loop schedule, the latency histogram.
 //! - [`procstat`]: CPU time and RSS of this process and of the gate (`--gate-pid`) from `/proc`.
-//! - [`fanout`]: the fan-out scenario (`imgate-bench fanout`): glommio executors driving many
-//!   connections each, against the gate or nats-server.
+//!
+//! The shell every scenario shares:
+//! - [`coord`]: the run's phases driven from the calling thread, and what crosses threads.
+//! - [`exec`]: one glommio executor per core and the connection shell (batched reads, ACK flush).
+//! - [`drive`]: the send and receive loops, and the pacers (open loop, closed-loop windows).
+//! - [`gate_conn`], [`nats_conn`]: the per-connection protocol handlers of the two targets.
+//! - [`report`]: what every summary shares.
+//!
+//! Scenarios: [`fanout`] (one group or subject, many receivers), [`chat`] (one-to-one pairs),
+//! [`uplink`] (SEND → SendResp).
 
+pub mod chat;
+pub mod coord;
+pub mod drive;
+pub mod exec;
 pub mod fanout;
+pub mod gate_conn;
+pub mod latency;
 pub mod nats;
+pub mod nats_conn;
 pub mod procstat;
+pub mod report;
+pub mod uplink;
 pub mod wire;

@@ -20,9 +20,9 @@ pub const PONG: &[u8] = b"PONG\r\n";
 /// One server operation at the front of the buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op<'a> {
-    /// A delivered message; its payload is skipped, not returned.
+    /// A delivered message and its payload, borrowed.
     Msg {
-        payload_len: usize,
+        payload: &'a [u8],
     },
     Ping,
     Pong,
@@ -91,7 +91,12 @@ pub fn parse_op(buf: &[u8]) -> Result<Option<(Op<'_>, usize)>, NatsError> {
         if end != b"\r\n" {
             return Err(NatsError::BadPayloadEnd);
         }
-        return Ok(Some((Op::Msg { payload_len }, total)));
+        return Ok(Some((
+            Op::Msg {
+                payload: &buf[line_len..line_len + payload_len],
+            },
+            total,
+        )));
     } else if word.eq_ignore_ascii_case(b"PING") {
         Op::Ping
     } else if word.eq_ignore_ascii_case(b"PONG") {
@@ -147,6 +152,33 @@ pub fn pub_message(subject: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A `PUB` built once and appended per publish with the send timestamp written over the first
+/// 8 bytes of its payload (no allocation per message).
+#[derive(Debug, Clone)]
+pub struct PubTemplate {
+    message: Vec<u8>,
+    payload_at: usize,
+}
+
+impl PubTemplate {
+    pub fn new(subject: &str, payload: &[u8]) -> Self {
+        let message = pub_message(subject, payload);
+        let payload_at = message.len() - payload.len() - 2;
+        Self {
+            message,
+            payload_at,
+        }
+    }
+
+    /// Appends one `PUB` whose payload starts with `stamp_ns`.
+    pub fn put(&self, out: &mut Vec<u8>, stamp_ns: u64) {
+        let at = out.len() + self.payload_at;
+        out.extend_from_slice(&self.message);
+        let end = out.len() - 2;
+        crate::latency::put_stamp(&mut out[at..end], stamp_ns);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,11 +199,11 @@ mod tests {
     fn expected() -> Vec<String> {
         [
             "Info",
-            "Msg { payload_len: 64 }",
-            "Msg { payload_len: 7 }",
+            "Msg(64)",
+            "Msg(7)",
             "Ping",
             "Ok",
-            "Msg { payload_len: 0 }",
+            "Msg(0)",
             "Err(\"'Slow Consumer'\")",
         ]
         .map(String::from)
@@ -181,6 +213,7 @@ mod tests {
     fn show(op: Op<'_>) -> String {
         match op {
             Op::Err(text) => format!("Err({:?})", String::from_utf8_lossy(text)),
+            Op::Msg { payload } => format!("Msg({})", payload.len()),
             other => format!("{other:?}"),
         }
     }
@@ -251,5 +284,27 @@ mod tests {
     fn pub_message_is_a_pub_line_and_the_payload() {
         assert_eq!(pub_message("bench", b"hi"), b"PUB bench 2\r\nhi\r\n");
         assert_eq!(sub_line("bench", 7), b"SUB bench 7\r\n");
+    }
+
+    #[test]
+    fn pub_template_stamps_the_payload_and_the_msg_carries_it_back() {
+        let template = PubTemplate::new("u.7", &[b'x'; 10]);
+        let mut out = b"PING\r\n".to_vec();
+        template.put(&mut out, 0x0102_0304_0506_0708);
+        assert_eq!(&out[..6], b"PING\r\n");
+        assert_eq!(&out[6..18], b"PUB u.7 10\r\n");
+        assert_eq!(&out[18..26], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(&out[26..], b"xx\r\n");
+        // The server relays the payload as it is: the MSG gives the stamp back.
+        let mut msg = b"MSG u.7 1 10\r\n".to_vec();
+        msg.extend_from_slice(&out[18..]);
+        let Some((Op::Msg { payload }, n)) = parse_op(&msg).expect("valid") else {
+            panic!("a MSG");
+        };
+        assert_eq!(n, msg.len());
+        assert_eq!(
+            crate::latency::read_stamp(payload),
+            Some(0x0102_0304_0506_0708)
+        );
     }
 }

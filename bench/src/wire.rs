@@ -1,11 +1,16 @@
 //! The load generator's lean view of the gate's client protocol (PROTOCOL.md "Frame", PUSH,
-//! ACK): slicing frames out of a borrowed read buffer, reading a PUSH's `msg_id` without decoding
-//! the whole `PushMsg`, and appending ACK frames with up to [`ACK_BATCH`] ids.
+//! ACK, SEND, NOTIFY, PULL): slicing frames out of a borrowed read buffer, reading the few fields
+//! it needs out of protobuf bodies by skipping the rest ([`push_msg_id`], [`push_view`],
+//! [`send_resp`], [`notify_latest`], [`pull_resp`]), and appending ACK frames with up to
+//! [`ACK_BATCH`] ids, SEND frames from a [`SendTemplate`] and PULL requests ([`put_pull`]).
 //!
-//! Owns no connection state and never touches IO or allocates per message: frames are borrowed
-//! views into the caller's buffer, and ACKs are appended to the caller's output buffer.
+//! Owns no connection state and never touches IO or allocates per message: frames and fields
+//! are borrowed views into the caller's buffer, and requests are appended to the caller's output
+//! buffer.
 
 use gate::protocol::{FrameDecoder, FrameError, HEADER_LEN, MAGIC, MsgType, VERSION, cmd};
+
+use crate::latency::{put_stamp, read_stamp};
 
 /// Most msg_ids in one ACK frame.
 pub const ACK_BATCH: usize = 64;
@@ -22,9 +27,9 @@ pub fn split_frame(
     FrameDecoder::new(max_frame).peek(buf)
 }
 
-/// Why a PUSH body yielded no msg_id.
+/// Why a protobuf body yielded no value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushParseError {
+pub enum BodyParseError {
     /// A varint or a field runs past the end of the body.
     Truncated,
     /// A varint longer than 10 bytes.
@@ -35,25 +40,25 @@ pub enum PushParseError {
     NoMsgId,
 }
 
-impl std::fmt::Display for PushParseError {
+impl std::fmt::Display for BodyParseError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Truncated => f.write_str("PUSH body truncated"),
-            Self::VarintOverflow => f.write_str("PUSH body has a varint over 10 bytes"),
-            Self::BadField { tag } => write!(f, "PUSH body has an invalid field tag {tag}"),
+            Self::Truncated => f.write_str("body truncated"),
+            Self::VarintOverflow => f.write_str("body has a varint over 10 bytes"),
+            Self::BadField { tag } => write!(f, "body has an invalid field tag {tag}"),
             Self::NoMsgId => f.write_str("PUSH without msg_id"),
         }
     }
 }
 
-impl std::error::Error for PushParseError {}
+impl std::error::Error for BodyParseError {}
 
 /// Reads a varint at `*at`, advancing it.
-fn varint(buf: &[u8], at: &mut usize) -> Result<u64, PushParseError> {
+fn varint(buf: &[u8], at: &mut usize) -> Result<u64, BodyParseError> {
     let mut value = 0u64;
     for shift in 0..10 {
         let Some(&byte) = buf.get(*at) else {
-            return Err(PushParseError::Truncated);
+            return Err(BodyParseError::Truncated);
         };
         *at += 1;
         value |= u64::from(byte & 0x7F) << (7 * shift);
@@ -61,38 +66,194 @@ fn varint(buf: &[u8], at: &mut usize) -> Result<u64, PushParseError> {
             return Ok(value);
         }
     }
-    Err(PushParseError::VarintOverflow)
+    Err(BodyParseError::VarintOverflow)
+}
+
+/// One protobuf field's value, borrowed from the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValue<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    /// Length-delimited: bytes, strings, embedded messages, packed repeated fields.
+    Bytes(&'a [u8]),
+    Fixed32(u32),
+}
+
+/// `n` bytes at `*at`, advancing it.
+fn take<'a>(body: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], BodyParseError> {
+    let end = at
+        .checked_add(n)
+        .filter(|&end| end <= body.len())
+        .ok_or(BodyParseError::Truncated)?;
+    let bytes = &body[*at..end];
+    *at = end;
+    Ok(bytes)
+}
+
+/// The field at `*at` (its number and value), advancing `*at` past it; `Ok(None)` at the end of
+/// the body. Groups (wire types 3 and 4, unused by proto3) and field number 0 are refused.
+pub fn next_field<'a>(
+    body: &'a [u8],
+    at: &mut usize,
+) -> Result<Option<(u64, FieldValue<'a>)>, BodyParseError> {
+    if *at >= body.len() {
+        return Ok(None);
+    }
+    let tag = varint(body, at)?;
+    let value = match (tag >> 3, tag & 7) {
+        (0, _) => return Err(BodyParseError::BadField { tag }),
+        (_, 0) => FieldValue::Varint(varint(body, at)?),
+        (_, 1) => {
+            let bytes: [u8; 8] = take(body, at, 8)?
+                .try_into()
+                .map_err(|_| BodyParseError::Truncated)?;
+            FieldValue::Fixed64(u64::from_le_bytes(bytes))
+        }
+        (_, 2) => {
+            let len = usize::try_from(varint(body, at)?).unwrap_or(usize::MAX);
+            FieldValue::Bytes(take(body, at, len)?)
+        }
+        (_, 5) => {
+            let bytes: [u8; 4] = take(body, at, 4)?
+                .try_into()
+                .map_err(|_| BodyParseError::Truncated)?;
+            FieldValue::Fixed32(u32::from_le_bytes(bytes))
+        }
+        _ => return Err(BodyParseError::BadField { tag }),
+    };
+    Ok(Some((tag >> 3, value)))
 }
 
 /// `PushMsg.msg_id` (field 1, varint) of a PUSH body: the fields before it are skipped by wire
 /// type, nothing after it is read (prost writes field 1 first, so this is one varint).
-pub fn push_msg_id(body: &[u8]) -> Result<u64, PushParseError> {
+pub fn push_msg_id(body: &[u8]) -> Result<u64, BodyParseError> {
     let mut at = 0;
-    while at < body.len() {
-        let tag = varint(body, &mut at)?;
-        let skip = match (tag >> 3, tag & 7) {
-            (0, _) => return Err(PushParseError::BadField { tag }),
-            (1, 0) => {
-                return match varint(body, &mut at)? {
-                    0 => Err(PushParseError::NoMsgId),
-                    id => Ok(id),
-                };
-            }
-            (_, 0) => {
-                varint(body, &mut at)?;
-                0
-            }
-            (_, 1) => 8,
-            (_, 2) => usize::try_from(varint(body, &mut at)?).unwrap_or(usize::MAX),
-            (_, 5) => 4,
-            _ => return Err(PushParseError::BadField { tag }),
-        };
-        at = at
-            .checked_add(skip)
-            .filter(|&end| end <= body.len())
-            .ok_or(PushParseError::Truncated)?;
+    while let Some((number, value)) = next_field(body, &mut at)? {
+        if let (1, FieldValue::Varint(id)) = (number, value) {
+            return if id == 0 {
+                Err(BodyParseError::NoMsgId)
+            } else {
+                Ok(id)
+            };
+        }
     }
-    Err(PushParseError::NoMsgId)
+    Err(BodyParseError::NoMsgId)
+}
+
+/// What the load generator reads of a `PushMsg` when it measures latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushView {
+    pub msg_id: u64,
+    /// The sender's uid (0 when absent).
+    pub from: u64,
+    /// The send timestamp in the first 8 bytes of `body`, when the body is that long.
+    pub stamp: Option<u64>,
+}
+
+/// `msg_id` (field 1), `from` (4) and the body's timestamp (7) of a `PushMsg`; stops once it
+/// has the id and the body (prost writes them in field order, so the fields after `body` —
+/// `server_time_ms`, `client_msg_id` — are not read).
+pub fn push_view(body: &[u8]) -> Result<PushView, BodyParseError> {
+    let mut view = PushView {
+        msg_id: 0,
+        from: 0,
+        stamp: None,
+    };
+    let mut seen_body = false;
+    let mut at = 0;
+    while let Some((number, value)) = next_field(body, &mut at)? {
+        match (number, value) {
+            (1, FieldValue::Varint(id)) => view.msg_id = id,
+            (4, FieldValue::Varint(from)) => view.from = from,
+            (7, FieldValue::Bytes(bytes)) => {
+                view.stamp = read_stamp(bytes);
+                seen_body = true;
+            }
+            _ => {}
+        }
+        if seen_body && view.msg_id != 0 {
+            break;
+        }
+    }
+    if view.msg_id == 0 {
+        return Err(BodyParseError::NoMsgId);
+    }
+    Ok(view)
+}
+
+/// `SendResp.code` (field 1) and `msg_id` (field 2); the message text is skipped.
+pub fn send_resp(body: &[u8]) -> Result<(u32, u64), BodyParseError> {
+    let (mut code, mut msg_id) = (0u64, 0u64);
+    let mut at = 0;
+    while let Some((number, value)) = next_field(body, &mut at)? {
+        match (number, value) {
+            (1, FieldValue::Varint(v)) => code = v,
+            (2, FieldValue::Varint(v)) => msg_id = v,
+            _ => {}
+        }
+    }
+    // An enum on the wire is a u32; a larger value is not one the gate sends: keep it visible.
+    Ok((u32::try_from(code).unwrap_or(u32::MAX), msg_id))
+}
+
+/// The highest `latest_msg_id` a `Notify` body announces for conversation
+/// (`conv_type`, `conv_id`), if any of its updates is about it.
+pub fn notify_latest(
+    body: &[u8],
+    conv_type: u32,
+    conv_id: u64,
+) -> Result<Option<u64>, BodyParseError> {
+    let mut latest = None;
+    let mut at = 0;
+    while let Some((number, value)) = next_field(body, &mut at)? {
+        let (1, FieldValue::Bytes(update)) = (number, value) else {
+            continue;
+        };
+        let (mut ty, mut id, mut msg) = (0u64, 0u64, 0u64);
+        let mut inner = 0;
+        while let Some((number, value)) = next_field(update, &mut inner)? {
+            match (number, value) {
+                (1, FieldValue::Varint(v)) => ty = v,
+                (2, FieldValue::Varint(v)) => id = v,
+                (3, FieldValue::Varint(v)) => msg = v,
+                _ => {}
+            }
+        }
+        if ty == u64::from(conv_type) && id == conv_id {
+            latest = Some(latest.map_or(msg, |l: u64| l.max(msg)));
+        }
+    }
+    Ok(latest)
+}
+
+/// What a `PullResp` says besides its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PullSummary {
+    pub code: u32,
+    pub has_more: bool,
+    pub msgs: u64,
+}
+
+/// Walks a `PullResp` body: every message in `msgs` (field 2) goes to `each` as a
+/// [`PushView`], in order; returns `code` and `has_more`.
+pub fn pull_resp(
+    body: &[u8],
+    mut each: impl FnMut(PushView),
+) -> Result<PullSummary, BodyParseError> {
+    let mut summary = PullSummary::default();
+    let mut at = 0;
+    while let Some((number, value)) = next_field(body, &mut at)? {
+        match (number, value) {
+            (1, FieldValue::Varint(v)) => summary.code = u32::try_from(v).unwrap_or(u32::MAX),
+            (2, FieldValue::Bytes(msg)) => {
+                each(push_view(msg)?);
+                summary.msgs += 1;
+            }
+            (3, FieldValue::Varint(v)) => summary.has_more = v != 0,
+            _ => {}
+        }
+    }
+    Ok(summary)
 }
 
 fn varint_len(v: u64) -> usize {
@@ -119,31 +280,36 @@ pub fn put_header(out: &mut Vec<u8>, cmd: u8, msg_type: MsgType, log_id: u32, se
     out.extend_from_slice(&len.to_be_bytes());
 }
 
-/// A group SEND with everything but `client_msg_id` encoded once, appended per message without
-/// allocating (`SendReq { client_msg_id, conv_type = 2, to = group, content_type = 1, body }`).
+/// A SEND with everything but `client_msg_id` and the body's timestamp encoded once, appended
+/// per message without allocating (`SendReq { client_msg_id, conv_type, to, content_type = 1,
+/// body }`, the body's first 8 bytes overwritten with the send timestamp).
 #[derive(Debug, Clone)]
 pub struct SendTemplate {
-    /// Fields 2..=5 as prost encodes them.
+    /// Fields 2..=5 as prost encodes them; `body` (field 5) is last.
     rest: Vec<u8>,
+    payload_len: usize,
 }
 
 impl SendTemplate {
-    pub fn new(group_id: u64, payload: &[u8]) -> Self {
+    /// `conv_type` 1 (single chat: `to` is the peer's uid) or 2 (group: `to` is the group id).
+    pub fn new(conv_type: u32, to: u64, payload: &[u8]) -> Self {
         use prost::Message;
         let req = gate::protocol::pb::SendReq {
             client_msg_id: 0, // omitted by proto3; written first by `put`
-            conv_type: 2,
-            to: group_id,
+            conv_type,
+            to,
             content_type: 1,
             body: bytes::Bytes::copy_from_slice(payload),
         };
         Self {
             rest: req.encode_to_vec(),
+            payload_len: payload.len(),
         }
     }
 
-    /// Appends one SEND request frame (`log_id` = `seq`).
-    pub fn put(&self, out: &mut Vec<u8>, seq: u32, client_msg_id: u64) {
+    /// Appends one SEND request frame (`log_id` = `seq`) whose body starts with `stamp_ns`
+    /// (when the payload holds 8 bytes).
+    pub fn put(&self, out: &mut Vec<u8>, seq: u32, client_msg_id: u64, stamp_ns: u64) {
         let body = 1 + varint_len(client_msg_id) + self.rest.len();
         out.reserve(HEADER_LEN + body);
         // The payload is bounded by the caller (far below 4 GiB).
@@ -151,6 +317,27 @@ impl SendTemplate {
         out.push(0x08);
         put_varint(out, client_msg_id);
         out.extend_from_slice(&self.rest);
+        let payload_at = out.len() - self.payload_len;
+        put_stamp(&mut out[payload_at..], stamp_ns);
+    }
+}
+
+/// Appends a PULL request (`PullReq { conv_type, conv_id, after_msg_id, limit }`, `log_id` =
+/// `seq`), encoded as prost would (zero fields omitted).
+pub fn put_pull(out: &mut Vec<u8>, seq: u32, conv_type: u32, conv_id: u64, after: u64, limit: u32) {
+    let field = |v: u64| if v == 0 { 0 } else { 1 + varint_len(v) };
+    let body = field(conv_type.into()) + field(conv_id) + field(after) + field(limit.into());
+    put_header(out, cmd::PULL, MsgType::Request, seq, seq, body as u32); // at most 44 bytes
+    for (tag, v) in [
+        (0x08, u64::from(conv_type)),
+        (0x10, conv_id),
+        (0x18, after),
+        (0x20, u64::from(limit)),
+    ] {
+        if v != 0 {
+            out.push(tag);
+            put_varint(out, v);
+        }
     }
 }
 
@@ -280,35 +467,35 @@ mod tests {
         // Cutting inside the msg_id varint (bytes 1..=6) is truncation.
         for cut in 0..7 {
             let want = if cut == 0 {
-                Err(PushParseError::NoMsgId)
+                Err(BodyParseError::NoMsgId)
             } else {
-                Err(PushParseError::Truncated)
+                Err(BodyParseError::Truncated)
             };
             assert_eq!(push_msg_id(&bytes[..cut]), want, "cut at {cut}");
         }
-        assert_eq!(push_msg_id(&[]), Err(PushParseError::NoMsgId));
+        assert_eq!(push_msg_id(&[]), Err(BodyParseError::NoMsgId));
         let no_id = pb::PushMsg {
             msg_id: 0,
             ..push(0, 8)
         };
         assert_eq!(
             push_msg_id(&no_id.encode_to_vec()),
-            Err(PushParseError::NoMsgId)
+            Err(BodyParseError::NoMsgId)
         );
         assert_eq!(
             push_msg_id(&[(3 << 3) | 3]),
-            Err(PushParseError::BadField { tag: (3 << 3) | 3 })
+            Err(BodyParseError::BadField { tag: (3 << 3) | 3 })
         );
         assert_eq!(
             push_msg_id(&[(7 << 3) | 2, 10, 1]),
-            Err(PushParseError::Truncated)
+            Err(BodyParseError::Truncated)
         );
         assert_eq!(push_msg_id(&[0x08; 12]), Ok(8)); // tag, then varint 8
         assert_eq!(
             push_msg_id(&[
                 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1
             ]),
-            Err(PushParseError::VarintOverflow)
+            Err(BodyParseError::VarintOverflow)
         );
     }
 
@@ -358,21 +545,156 @@ mod tests {
     }
 
     #[test]
-    fn send_template_matches_prost() {
-        let template = SendTemplate::new(9_000_001, &[b'p'; 64]);
-        let mut out = Vec::new();
-        for (seq, cmid) in [(1u32, 1u64), (2, 300), (u32::MAX, u64::MAX)] {
-            out.clear();
-            template.put(&mut out, seq, cmid);
-            let req = pb::SendReq {
-                client_msg_id: cmid,
+    fn send_template_matches_prost_with_the_stamp_at_the_front_of_the_body() {
+        for (conv_type, to) in [(2u32, 9_000_001u64), (1, 1_000_001)] {
+            let template = SendTemplate::new(conv_type, to, &[b'p'; 64]);
+            let mut out = Vec::new();
+            for (seq, cmid, stamp) in [
+                (1u32, 1u64, 0u64),
+                (2, 300, 12_345),
+                (u32::MAX, u64::MAX, u64::MAX),
+            ] {
+                out.clear();
+                template.put(&mut out, seq, cmid, stamp);
+                let mut body = vec![b'p'; 64];
+                body[..8].copy_from_slice(&stamp.to_le_bytes());
+                let req = pb::SendReq {
+                    client_msg_id: cmid,
+                    conv_type,
+                    to,
+                    content_type: 1,
+                    body: Bytes::from(body),
+                };
+                let want = encode_frame(cmd::SEND, MsgType::Request, seq, seq, &req);
+                assert_eq!(out, want.to_vec(), "cmid {cmid}");
+            }
+        }
+    }
+
+    #[test]
+    fn push_view_reads_id_sender_and_the_body_stamp() {
+        let mut msg = push(1 << 40, 64);
+        let mut body = vec![b'x'; 64];
+        body[..8].copy_from_slice(&987_654_321u64.to_le_bytes());
+        msg.body = Bytes::from(body);
+        let bytes = msg.encode_to_vec();
+        assert_eq!(
+            push_view(&bytes),
+            Ok(PushView {
+                msg_id: 1 << 40,
+                from: 1_000_000,
+                stamp: Some(987_654_321)
+            })
+        );
+        // A body shorter than a stamp: no stamp, the id is still read.
+        let short = push(5, 7).encode_to_vec();
+        assert_eq!(
+            push_view(&short).map(|v| (v.msg_id, v.stamp)),
+            Ok((5, None))
+        );
+        // Cut anywhere before the end of the body: truncated, or (cut between fields) a valid
+        // shorter message without a stamp; never a wrong value.
+        let body_end = bytes.len() - 18; // server_time_ms and client_msg_id follow the body
+        for cut in 1..body_end {
+            match push_view(&bytes[..cut]) {
+                Ok(view) => assert_eq!((view.msg_id, view.stamp), (1 << 40, None), "cut {cut}"),
+                Err(e) => assert!(
+                    matches!(e, BodyParseError::Truncated | BodyParseError::NoMsgId),
+                    "cut {cut}: {e}"
+                ),
+            }
+        }
+        assert_eq!(
+            push_view(&bytes[..body_end]).map(|v| v.stamp),
+            Ok(Some(987_654_321))
+        );
+        assert_eq!(push_view(&[]), Err(BodyParseError::NoMsgId));
+    }
+
+    #[test]
+    fn send_resp_code_and_id_are_read_without_decoding_the_message() {
+        let resp = pb::SendResp {
+            code: 4,
+            msg_id: 77,
+            server_time_ms: 1,
+            message: "rate limited".into(),
+        };
+        assert_eq!(send_resp(&resp.encode_to_vec()), Ok((4, 77)));
+        assert_eq!(send_resp(&[]), Ok((0, 0)));
+        assert_eq!(send_resp(&[0x22, 5, b'a']), Err(BodyParseError::Truncated));
+    }
+
+    #[test]
+    fn notify_latest_finds_the_conversation_among_updates() {
+        let update = |conv_type, conv_id, latest_msg_id| pb::ConvUpdate {
+            conv_type,
+            conv_id,
+            latest_msg_id,
+            unread: 3,
+        };
+        let notify = pb::Notify {
+            updates: vec![
+                update(2, 8, 1000),
+                update(2, 9, 500),
+                update(1, 9, 9000),
+                update(2, 9, 700),
+            ],
+        };
+        let bytes = notify.encode_to_vec();
+        assert_eq!(notify_latest(&bytes, 2, 9), Ok(Some(700)));
+        assert_eq!(notify_latest(&bytes, 2, 10), Ok(None));
+        assert_eq!(notify_latest(&[], 2, 9), Ok(None));
+        assert!(notify_latest(&bytes[..bytes.len() - 1], 2, 9).is_err());
+    }
+
+    #[test]
+    fn pull_resp_walks_every_message_and_reads_has_more() {
+        let resp = pb::PullResp {
+            code: 0,
+            msgs: (1..=3).map(|i| push(i * 10, 16)).collect(),
+            has_more: true,
+        };
+        let mut seen = Vec::new();
+        let summary = pull_resp(&resp.encode_to_vec(), |v| seen.push(v.msg_id)).expect("valid");
+        assert_eq!(seen, [10, 20, 30]);
+        assert_eq!(
+            summary,
+            PullSummary {
+                code: 0,
+                has_more: true,
+                msgs: 3
+            }
+        );
+        let refused = pb::PullResp {
+            code: 4,
+            ..Default::default()
+        };
+        assert_eq!(
+            pull_resp(&refused.encode_to_vec(), |_| panic!("no messages")),
+            Ok(PullSummary {
+                code: 4,
+                has_more: false,
+                msgs: 0
+            })
+        );
+    }
+
+    #[test]
+    fn pull_requests_match_prost() {
+        for (after, limit) in [(0u64, 200u32), (1 << 50, 0), (5, 1)] {
+            let mut out = Vec::new();
+            put_pull(&mut out, 9, 2, 9_000_001, after, limit);
+            let req = pb::PullReq {
                 conv_type: 2,
-                to: 9_000_001,
-                content_type: 1,
-                body: Bytes::from(vec![b'p'; 64]),
+                conv_id: 9_000_001,
+                after_msg_id: after,
+                limit,
+                before_msg_id: 0,
             };
-            let want = encode_frame(cmd::SEND, MsgType::Request, seq, seq, &req);
-            assert_eq!(out, want.to_vec(), "cmid {cmid}");
+            assert_eq!(
+                out,
+                encode_frame(cmd::PULL, MsgType::Request, 9, 9, &req).to_vec()
+            );
         }
     }
 

@@ -1,10 +1,14 @@
 //! `imgate-bench SCENARIO [OPTIONS]`: parses the command line and runs the scenario from the
 //! `bench` library. Exit code: 0 after a clean run, 1 when connections failed during it (protocol
-//! errors, KICKs, refusals), 2 when the run could not be carried out.
+//! errors, KICKs, refusals) or messages were lost, 2 when the run could not be carried out.
 
 use std::process::ExitCode;
 
+use bench::chat::{self, ChatArgs};
+use bench::coord::RunError;
 use bench::fanout::{self, FanoutArgs};
+use bench::report::Report;
+use bench::uplink::{self, UplinkArgs};
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
@@ -20,24 +24,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
-    /// M subscribers and P publishers on one group (gate) or subject (nats); deliveries/s at max
-    /// with a bounded window in flight.
+    /// M subscribers and P publishers on one group (gate) or subject (nats); deliveries/s and
+    /// latency, at max with a bounded window or at an open-loop --rate.
     Fanout(FanoutArgs),
+    /// N pairs of users sending single-chat messages to each other; delivered/s and latency,
+    /// at an open-loop --rate or at max with a window per user.
+    Chat(ChatArgs),
+    /// C connections sending SENDs to offline uids; SendResp/s and send → SendResp latency, at
+    /// an open-loop --rate or at max with a window per connection.
+    Uplink(UplinkArgs),
 }
 
-fn main() -> ExitCode {
-    let Scenario::Fanout(args) = Cli::parse().scenario;
-    match fanout::run(&args) {
+/// Prints the summary and turns it into the exit code.
+fn finish(result: Result<impl Report, RunError>, json: bool) -> ExitCode {
+    match result {
         Ok(summary) => {
-            for message in &summary.error_messages {
+            for message in summary.error_messages() {
                 eprintln!("imgate-bench: error: {message}");
             }
-            if args.json {
+            if json {
                 println!("{}", summary.to_json());
             } else {
                 println!("{}", summary.to_text());
             }
-            if summary.errors > 0 {
+            if summary.failed() {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS
@@ -47,5 +57,13 @@ fn main() -> ExitCode {
             eprintln!("imgate-bench: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().scenario {
+        Scenario::Fanout(args) => finish(fanout::run(&args), args.json),
+        Scenario::Chat(args) => finish(chat::run(&args), args.json),
+        Scenario::Uplink(args) => finish(uplink::run(&args), args.json),
     }
 }

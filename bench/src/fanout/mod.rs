@@ -1,18 +1,13 @@
 //! `imgate-bench fanout`: M subscriber connections and P publisher connections on one group (gate)
-//! or one subject (nats-server); publishers keep a bounded window of messages in flight, every
-//! delivery is counted, and every gate PUSH acknowledged.
+//! or one subject (nats-server); publishers send at an open-loop `--rate` or, at `--rate 0`, keep
+//! a bounded window of messages in flight; every delivery is counted and timed, and every gate
+//! PUSH acknowledged. When the group is larger than the gate's `backend.push_threshold` the gate
+//! sends NOTIFY instead of PUSH: members then PULL, and pulled messages are the deliveries
+//! (`path` says which of the two was measured).
 //!
-//! Owns the run's shape and its coordination: [`FanoutArgs`] (the command line), [`Plan`] (the
-//! validated, immutable settings every executor gets), [`Shared`] (the phase, the start instant
-//! and one cache-padded counter slot per executor; the only state crossing threads), and [`run`],
-//! which drives the phases from the calling thread:
-//!
-//! 1. **Setup**: for the gate, the first member creates the group over the blocking client; then
-//!    every executor connects its share and logs in (gate) or subscribes (nats).
-//! 2. **Running** for `--duration`: publishers fill the window; a progress line each second.
-//! 3. **Draining**: the window's counts are the result; deliveries still in flight are read and
-//!    acknowledged for at most `--drain` seconds, then a few ACK flush periods pass.
-//! 4. **Done**: executors shut their sockets and stop; the summary is returned.
+//! Owns the scenario's shape: [`FanoutArgs`] (the command line), [`Plan`] (the validated,
+//! immutable settings every executor gets), the layout of connections over executors, the
+//! closed-loop window ([`Window`]), and [`run`] (the phases are `coord::run`'s).
 //!
 //! Layout: publishers live on the first executor, subscribers are spread over all of them
 //! round-robin. Gate publishers are group members too: their own messages are not pushed back to
@@ -20,54 +15,29 @@
 //! has `members + publishers - 1` recipients on the gate and `members` on nats (nats publishers
 //! do not subscribe). With one publisher the two are the same.
 
-mod drive;
-mod exec;
-mod gate_side;
-mod nats_side;
 mod report;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Context;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::timer::Timer;
 
-pub use drive::{min_refill, window_room};
+use crate::coord::{self, MAX_CONNECTIONS, Phases, SpawnConns, check_loopback, parse_cpus};
+pub use crate::coord::{RunError, Target};
+use crate::drive::{Handler, OpenLoop, Paced, Pacer, min_refill};
+use crate::exec::Exec;
+use crate::gate_conn::{self, GROUP, GateConfig, GateHandler, Measure};
+use crate::latency::{STAMP_LEN, Schedule};
+use crate::nats::PubTemplate;
+use crate::nats_conn;
 pub use report::Summary;
 
-/// Most connections one load process drives.
-pub const MAX_CONNECTIONS: usize = 1200;
-/// Error messages kept for the report (all are counted).
-const KEPT_ERRORS: usize = 20;
-/// glommio's io_memory per executor: the tool does no file IO, so glommio's floor.
-const IO_MEMORY: usize = 64 << 10;
-
-/// Which server is measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Target {
-    /// imgate's binary client protocol (LOGIN, group SEND, PUSH, ACK).
-    Gate,
-    /// nats-server's text protocol (SUB, PUB, MSG).
-    Nats,
-}
-
-impl Target {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Gate => "gate",
-            Self::Nats => "nats",
-        }
-    }
-
-    fn default_addr(self) -> SocketAddr {
-        let port = match self {
-            Self::Gate => 7000,
-            Self::Nats => 4222,
-        };
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
-    }
-}
+/// How often a publisher re-reads the window when other executors deliver too (their wakes do
+/// not reach it).
+const REMOTE_POLL: Duration = Duration::from_micros(200);
 
 /// `imgate-bench fanout` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -84,11 +54,16 @@ pub struct FanoutArgs {
     /// Publisher connections.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
-    /// Messages each publisher keeps in flight (a message is done once every recipient has it,
-    /// counted in aggregate; on the gate also at most this many SENDs unanswered).
+    /// Messages per second all publishers send together, open loop (latency from each
+    /// message's scheduled send time); 0 = as fast as the window allows.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// At --rate 0: messages each publisher keeps in flight (a message is done once every
+    /// recipient has it, counted in aggregate; on the gate also at most this many SENDs
+    /// unanswered).
     #[arg(long, default_value_t = 1000)]
     pub inflight: u64,
-    /// Payload bytes per message.
+    /// Payload bytes per message (at least 8: the send timestamp).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
     /// Seconds of publishing that are measured.
@@ -117,41 +92,19 @@ pub struct FanoutArgs {
     pub setup_timeout: u64,
 }
 
-/// Why a run could not be carried out.
-#[derive(Debug)]
-pub enum RunError {
-    /// The options are inconsistent.
-    Args(String),
-    /// Group creation, connecting or logging in failed.
-    Setup(String),
-    /// An executor could not start or ended abnormally.
-    Executor(String),
-}
-
-impl std::fmt::Display for RunError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Args(m) => write!(f, "bad options: {m}"),
-            Self::Setup(m) => write!(f, "setup failed: {m}"),
-            Self::Executor(m) => write!(f, "executor failed: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for RunError {}
-
 /// Settings every executor reads; fixed before they start.
 #[derive(Debug)]
 pub struct Plan {
     pub target: Target,
     pub addr: SocketAddr,
     pub inflight: u64,
+    pub rate: u64,
+    pub publishers: u64,
     pub payload: Vec<u8>,
     pub duration: Duration,
-    pub ack_flush: Duration,
     /// Deliveries one message makes.
     pub recipients: u64,
-    /// Messages all publishers together may have in flight.
+    /// Messages all publishers together may have in flight (closed loop).
     pub window_msgs: u64,
     pub group_id: u64,
     /// First `client_msg_id`: the clock, so a gate that lives across runs never deduplicates.
@@ -164,153 +117,8 @@ pub struct Plan {
 #[derive(Debug, Clone, Copy)]
 pub struct ConnSpec {
     pub uid: u64,
-    pub publisher: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum Phase {
-    Setup = 0,
-    Running = 1,
-    Draining = 2,
-    Done = 3,
-}
-
-/// One executor's counters, on a cache line of its own; written once per read or write batch.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub struct Stats {
-    /// Connections logged in (gate) or subscribed (nats) and not ended.
-    pub connections: AtomicU64,
-    pub published: AtomicU64,
-    pub delivered: AtomicU64,
-    /// Deliveries that were resends (counted in `delivered` too).
-    pub repeats: AtomicU64,
-}
-
-impl Stats {
-    pub fn add_delivered(&self, n: u64) {
-        self.delivered.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn add_published(&self, n: u64) {
-        self.published.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-/// Sums over every executor.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Totals {
-    pub connections: u64,
-    pub published: u64,
-    pub delivered: u64,
-    pub repeats: u64,
-}
-
-impl Totals {
-    /// Deliveries that were not repeats.
-    pub fn unique(&self) -> u64 {
-        self.delivered.saturating_sub(self.repeats)
-    }
-}
-
-/// What the executors and the coordinating thread share.
-#[derive(Debug)]
-pub struct Shared {
-    phase: AtomicU8,
-    start: OnceLock<Instant>,
-    ready: AtomicUsize,
-    pub stats: Box<[Stats]>,
-    error_count: AtomicU64,
-    errors: Mutex<Vec<String>>,
-}
-
-impl Shared {
-    fn new(executors: usize) -> Self {
-        Self {
-            phase: AtomicU8::new(Phase::Setup as u8),
-            start: OnceLock::new(),
-            ready: AtomicUsize::new(0),
-            stats: (0..executors).map(|_| Stats::default()).collect(),
-            error_count: AtomicU64::new(0),
-            errors: Mutex::new(Vec::new()),
-        }
-    }
-
-    pub fn phase(&self) -> Phase {
-        match self.phase.load(Ordering::Acquire) {
-            0 => Phase::Setup,
-            1 => Phase::Running,
-            2 => Phase::Draining,
-            _ => Phase::Done,
-        }
-    }
-
-    fn set_phase(&self, phase: Phase) {
-        self.phase.store(phase as u8, Ordering::Release);
-    }
-
-    /// When publishing started (set before the phase becomes Running).
-    pub fn start(&self) -> Option<Instant> {
-        self.start.get().copied()
-    }
-
-    pub fn totals(&self) -> Totals {
-        self.stats.iter().fold(Totals::default(), |t, s| Totals {
-            connections: t.connections + s.connections.load(Ordering::Relaxed),
-            published: t.published + s.published.load(Ordering::Relaxed),
-            delivered: t.delivered + s.delivered.load(Ordering::Relaxed),
-            repeats: t.repeats + s.repeats.load(Ordering::Relaxed),
-        })
-    }
-
-    /// Counts a failed connection (ignored once the run is Done: sockets are being shut).
-    pub fn record_error(&self, message: String) {
-        if self.phase() == Phase::Done {
-            return;
-        }
-        self.error_count.fetch_add(1, Ordering::Relaxed);
-        let mut kept = self.errors.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() < KEPT_ERRORS {
-            kept.push(message);
-        }
-    }
-
-    fn errors(&self) -> (u64, Vec<String>) {
-        let kept = self
-            .errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        (self.error_count.load(Ordering::Relaxed), kept)
-    }
-}
-
-/// `1`, `1,3`, `2-3`, `0,2-3`: a list of core numbers.
-pub fn parse_cpus(spec: &str) -> Result<Vec<usize>, RunError> {
-    let bad = || RunError::Args(format!("--cpus {spec:?}: expected e.g. 1, 1,3 or 2-3"));
-    let mut cpus = Vec::new();
-    for part in spec.split(',').map(str::trim) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) = (
-                    a.trim().parse().map_err(|_| bad())?,
-                    b.trim().parse().map_err(|_| bad())?,
-                );
-                if a > b {
-                    return Err(bad());
-                }
-                cpus.extend(a..=b);
-            }
-            None => cpus.push(part.parse().map_err(|_| bad())?),
-        }
-    }
-    cpus.sort_unstable();
-    cpus.dedup();
-    if cpus.is_empty() || cpus.len() > 64 {
-        return Err(bad());
-    }
-    Ok(cpus)
+    /// The publisher's number, `0..publishers`; `None` for a subscriber.
+    pub publisher: Option<u64>,
 }
 
 /// Which connections each executor opens: publishers on the first, members round-robin.
@@ -319,25 +127,87 @@ pub fn layout(args: &FanoutArgs, executors: usize) -> Vec<Vec<ConnSpec>> {
     for p in 0..args.publishers {
         per[0].push(ConnSpec {
             uid: args.uid_base + (args.members + p) as u64,
-            publisher: true,
+            publisher: Some(p as u64),
         });
     }
     for m in 0..args.members {
         per[m % executors].push(ConnSpec {
             uid: args.uid_base + m as u64,
-            publisher: false,
+            publisher: None,
         });
     }
     per
 }
 
+/// Messages the publishers may add: `window_msgs` less the messages not yet fully delivered,
+/// where `published * recipients - delivered` deliveries are owed, rounded up to messages.
+pub fn window_room(published: u64, delivered: u64, recipients: u64, window_msgs: u64) -> u64 {
+    let owed = published
+        .saturating_mul(recipients)
+        .saturating_sub(delivered);
+    window_msgs.saturating_sub(owed.div_ceil(recipients.max(1)))
+}
+
+/// The closed-loop window all publishers share (module doc of `drive`): room is counted over
+/// every executor's deliveries; this executor's deliveries wake it, other executors' are seen by
+/// polling every [`REMOTE_POLL`].
+pub struct Window {
+    plan: Arc<Plan>,
+    min_batch: u64,
+    remote_poll: Option<Timer>,
+}
+
+impl Window {
+    fn new(plan: Arc<Plan>) -> Self {
+        Self {
+            min_batch: min_refill(plan.inflight),
+            remote_poll: (plan.executors > 1).then(|| Timer::new(REMOTE_POLL)),
+            plan,
+        }
+    }
+
+    fn shared_room(&self, exec: &Exec) -> u64 {
+        let totals = exec.shared.totals();
+        window_room(
+            totals.accepted(),
+            totals.unique(),
+            self.plan.recipients,
+            self.plan.window_msgs,
+        )
+    }
+}
+
+impl<H: Handler> Pacer<H> for Window {
+    fn room(&mut self, exec: &Exec, h: &H, _now_ns: u64) -> u64 {
+        self.shared_room(exec).min(h.can_send())
+    }
+
+    fn min_batch(&self) -> u64 {
+        self.min_batch
+    }
+
+    fn stamp(&mut self, now_ns: u64) -> u64 {
+        now_ns
+    }
+
+    fn poll_room(&mut self, cx: &mut Context<'_>, exec: &Exec, h: &H, now_ns: u64) -> bool {
+        if self.room(exec, h, now_ns) >= self.min_batch {
+            return true;
+        }
+        exec.wait_for_window(cx.waker());
+        if let Some(timer) = self.remote_poll.as_mut()
+            && Pin::new(&mut *timer).poll(cx).is_ready()
+        {
+            timer.reset(REMOTE_POLL);
+            return true;
+        }
+        false
+    }
+}
+
 fn validate(args: &FanoutArgs) -> Result<(SocketAddr, Vec<usize>), RunError> {
     let addr = args.addr.unwrap_or_else(|| args.target.default_addr());
-    if !addr.ip().is_loopback() {
-        return Err(RunError::Args(format!(
-            "--addr {addr}: the load generator only targets loopback addresses"
-        )));
-    }
+    check_loopback(addr)?;
     if args.members == 0 || args.publishers == 0 || args.inflight == 0 || args.duration == 0 {
         return Err(RunError::Args(
             "--members, --publishers, --inflight and --duration must be at least 1".into(),
@@ -349,8 +219,10 @@ fn validate(args: &FanoutArgs) -> Result<(SocketAddr, Vec<usize>), RunError> {
             "{conns} connections: at most {MAX_CONNECTIONS} per process"
         )));
     }
-    if args.size > 60_000 {
-        return Err(RunError::Args("--size: at most 60000 bytes".into()));
+    if !(STAMP_LEN..=60_000).contains(&args.size) {
+        return Err(RunError::Args(format!(
+            "--size: {STAMP_LEN} to 60000 bytes (the first {STAMP_LEN} carry the send time)"
+        )));
     }
     if args.ack_flush_ms == 0 {
         return Err(RunError::Args("--ack-flush-ms must be at least 1".into()));
@@ -359,6 +231,69 @@ fn validate(args: &FanoutArgs) -> Result<(SocketAddr, Vec<usize>), RunError> {
         return Err(RunError::Args("--subject: one token, no spaces".into()));
     }
     Ok((addr, parse_cpus(&args.cpus)?))
+}
+
+/// A `client_msg_id` seed from the clock, so a gate that lives across runs never deduplicates.
+pub fn cmid_seed() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64) // truncation is fine: any distinct seed will do
+        .max(1)
+}
+
+fn pacer(plan: &Arc<Plan>, publisher: u64) -> Paced<Window> {
+    if plan.rate > 0 {
+        let end_ns = u64::try_from(plan.duration.as_nanos()).unwrap_or(u64::MAX);
+        Paced::Open(OpenLoop::new(Schedule::new(
+            publisher,
+            plan.publishers,
+            plan.rate,
+            end_ns,
+        )))
+    } else {
+        Paced::Closed(Window::new(Arc::clone(plan)))
+    }
+}
+
+/// The connection tasks of one executor.
+fn spawner(plan: Arc<Plan>, specs: Vec<ConnSpec>) -> SpawnConns {
+    Box::new(move |exec| {
+        specs
+            .into_iter()
+            .map(|spec| {
+                let (exec, plan) = (std::rc::Rc::clone(exec), Arc::clone(&plan));
+                glommio::spawn_local(async move {
+                    let pacer = spec.publisher.map(|p| pacer(&plan, p));
+                    let result = match plan.target {
+                        Target::Gate => {
+                            let config = GateConfig {
+                                uid: spec.uid,
+                                sends: spec.publisher.map(|_| (GROUP, plan.group_id)),
+                                pulls: Some(plan.group_id),
+                                measure: Measure::Delivery,
+                                inflight: plan.inflight,
+                                cmid_seed: plan.cmid_seed,
+                            };
+                            let h = GateHandler::new(&config, &plan.payload);
+                            gate_conn::conn(&exec, plan.addr, h, pacer).await
+                        }
+                        Target::Nats => {
+                            let (subscribe, publish) = match spec.publisher {
+                                Some(_) => {
+                                    (None, Some(PubTemplate::new(&plan.subject, &plan.payload)))
+                                }
+                                None => (Some(plan.subject.as_str()), None),
+                            };
+                            nats_conn::conn(&exec, plan.addr, subscribe, publish, pacer).await
+                        }
+                    };
+                    if let Err(e) = result {
+                        exec.shared.record_error(format!("uid {}: {e}", spec.uid));
+                    }
+                })
+            })
+            .collect()
+    })
 }
 
 /// Runs the scenario: setup, `duration` seconds of publishing with a progress line per second on
@@ -370,159 +305,46 @@ pub fn run(args: &FanoutArgs) -> Result<Summary, RunError> {
         .collect();
     let (group_id, recipients) = match args.target {
         Target::Gate => (
-            gate_side::create_group(addr, member_uids[0], &member_uids[1..])?,
+            gate_conn::create_group(addr, member_uids[0], &member_uids[1..])?,
             (args.members + args.publishers - 1) as u64,
         ),
         Target::Nats => (0, args.members as u64),
     };
-    let cmid_seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64) // truncation is fine: any distinct seed will do
-        .max(1);
     let plan = Arc::new(Plan {
         target: args.target,
         addr,
         inflight: args.inflight,
+        rate: args.rate,
+        publishers: args.publishers as u64,
         payload: vec![b'x'; args.size],
         duration: Duration::from_secs(args.duration),
-        ack_flush: Duration::from_millis(args.ack_flush_ms),
         recipients,
         window_msgs: args.inflight.saturating_mul(args.publishers as u64),
         group_id,
-        cmid_seed,
+        cmid_seed: cmid_seed(),
         subject: args.subject.clone(),
         executors: cpus.len(),
     });
-    let shared = Arc::new(Shared::new(cpus.len()));
-    let mut handles = Vec::with_capacity(cpus.len());
-    for (index, (cpu, specs)) in cpus.iter().zip(layout(args, cpus.len())).enumerate() {
-        let (theirs, plan) = (Arc::clone(&shared), Arc::clone(&plan));
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
-            .name(&format!("bench-{index}"))
-            .io_memory(IO_MEMORY)
-            .spawn(move || exec::run(index, theirs, plan, specs));
-        match handle {
-            Ok(h) => handles.push(h),
-            Err(e) => {
-                shared.set_phase(Phase::Done);
-                join_all(handles);
-                return Err(RunError::Executor(format!("on cpu {cpu}: {e}")));
-            }
-        }
-    }
-
-    // 1. Setup.
-    let total = args.members + args.publishers;
-    let setup_deadline = Instant::now() + Duration::from_secs(args.setup_timeout);
-    loop {
-        let (errors, kept) = shared.errors();
-        let ready = shared.ready.load(Ordering::Acquire);
-        if ready == total && errors == 0 {
-            break;
-        }
-        if errors > 0 || Instant::now() > setup_deadline {
-            shared.set_phase(Phase::Done);
-            join_all(handles);
-            let why = if errors > 0 {
-                format!("{errors} connection(s) failed: {}", kept.join("; "))
-            } else {
-                format!(
-                    "only {ready} of {total} connections ready after {} s",
-                    args.setup_timeout
-                )
-            };
-            return Err(RunError::Setup(why));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-
-    // 2. Running.
-    let start = Instant::now();
-    let _ = shared.start.set(start);
-    shared.set_phase(Phase::Running);
-    let mut last = Totals::default();
-    for second in 1..=args.duration {
-        sleep_until(start + Duration::from_secs(second));
-        let now = shared.totals();
-        let (errors, _) = shared.errors();
-        eprintln!("{}", report::progress_line(second, now, last, errors));
-        last = now;
-    }
-    let measured = shared.totals();
-    let seconds = start.elapsed().as_secs_f64();
-
-    // 3. Draining.
-    shared.set_phase(Phase::Draining);
-    let drain_deadline = Instant::now() + Duration::from_secs(args.drain);
-    while Instant::now() < drain_deadline {
-        let t = shared.totals();
-        if t.unique() >= t.published.saturating_mul(recipients) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(plan.ack_flush * 3 + Duration::from_millis(20));
-    let end = shared.totals();
-
-    // 4. Done.
-    shared.set_phase(Phase::Done);
-    let failed = join_all(handles);
-    let (errors, error_messages) = shared.errors();
-    if let Some(why) = failed {
-        return Err(RunError::Executor(why));
-    }
-    Ok(Summary {
-        target: args.target,
-        members: args.members,
-        publishers: args.publishers,
-        inflight: args.inflight,
-        size: args.size,
-        executors: cpus.len(),
-        recipients,
-        seconds,
-        connections: measured.connections,
-        published: measured.published,
-        delivered: measured.delivered,
-        published_total: end.published,
-        delivered_total: end.delivered,
-        repeats: measured.repeats,
-        repeats_total: end.repeats,
-        errors,
-        error_messages,
-    })
-}
-
-fn sleep_until(t: Instant) {
-    let now = Instant::now();
-    if t > now {
-        std::thread::sleep(t - now);
-    }
-}
-
-/// Joins every executor thread; the first failure, if any.
-fn join_all(handles: Vec<glommio::ExecutorJoinHandle<()>>) -> Option<String> {
-    let mut failed = None;
-    for h in handles {
-        if let Err(e) = h.join() {
-            failed.get_or_insert(e.to_string());
-        }
-    }
-    failed
+    let phases = Phases {
+        connections: args.members + args.publishers,
+        setup_timeout: Duration::from_secs(args.setup_timeout),
+        duration: plan.duration,
+        drain: Duration::from_secs(args.drain),
+        ack_flush: Duration::from_millis(args.ack_flush_ms),
+        cpus: cpus.clone(),
+    };
+    let mut per = layout(args, cpus.len()).into_iter();
+    let outcome = coord::run(
+        &phases,
+        |_| spawner(Arc::clone(&plan), per.next().unwrap_or_default()),
+        |t| t.unique() >= t.accepted().saturating_mul(recipients),
+    )?;
+    Ok(Summary::new(args, recipients, &outcome))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_lists_and_ranges_parse() {
-        assert_eq!(parse_cpus("1").expect("one"), [1]);
-        assert_eq!(parse_cpus("3,1").expect("list"), [1, 3]);
-        assert_eq!(parse_cpus("0,2-3").expect("range"), [0, 2, 3]);
-        assert!(parse_cpus("").is_err());
-        assert!(parse_cpus("3-1").is_err());
-        assert!(parse_cpus("a").is_err());
-    }
 
     fn args(members: usize, publishers: usize) -> FanoutArgs {
         use clap::Parser;
@@ -543,7 +365,7 @@ mod tests {
         let uids = |i: usize| {
             per[i]
                 .iter()
-                .map(|s| (s.uid, s.publisher))
+                .map(|s| (s.uid, s.publisher.is_some()))
                 .collect::<Vec<_>>()
         };
         assert_eq!(
@@ -565,7 +387,23 @@ mod tests {
         assert!(validate(&a).is_ok());
         a.addr = Some("10.0.0.1:7000".parse().expect("addr"));
         assert!(matches!(validate(&a), Err(RunError::Args(_))));
-        let a = args(1200, 1);
+        let a = args(MAX_CONNECTIONS, 1);
         assert!(matches!(validate(&a), Err(RunError::Args(_))));
+        let mut a = args(10, 1);
+        a.size = STAMP_LEN - 1;
+        assert!(matches!(validate(&a), Err(RunError::Args(_))));
+    }
+
+    #[test]
+    fn window_room_counts_messages_owed_by_deliveries() {
+        // Nothing published: the whole window.
+        assert_eq!(window_room(0, 0, 1000, 1000), 1000);
+        // 1000 published, none delivered: full.
+        assert_eq!(window_room(1000, 0, 1000, 1000), 0);
+        // One delivery short of 10 whole messages: 991 still owed in part, so 9 free.
+        assert_eq!(window_room(1000, 9 * 1000 + 999, 1000, 1000), 9);
+        assert_eq!(window_room(1000, 10 * 1000, 1000, 1000), 10);
+        // Duplicates (resends) never make room beyond the window.
+        assert_eq!(window_room(5, 10_000, 1000, 1000), 1000);
     }
 }

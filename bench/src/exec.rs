@@ -1,10 +1,12 @@
 //! One load executor (a glommio `LocalExecutor` pinned to one core) and the connection shell its
-//! tasks share.
+//! tasks share, for every scenario.
 //!
 //! Owns, per executor: the one large read buffer every connection reads into (a connection keeps
 //! only the unparsed tail of its last read, usually nothing), the control block of each of its
-//! connections (fd, ACK-flush flag, waker), and the wakers of its publishers waiting for window
-//! room. Counters go to the executor's slot in [`Shared`] once per read, not per message.
+//! connections (fd, ACK-flush flag, waker), the wakers of its senders waiting for window room,
+//! and its latency histogram (recorded by the handlers as they parse, handed back when the
+//! executor ends). Counters go to the executor's slot in [`Shared`] once per read, not per
+//! message.
 //!
 //! The supervisor task is the executor's one periodic timer: every `ack_flush` it asks the
 //! connections holding a partial ACK batch to send it, and at [`Phase::Done`] it shuts every
@@ -22,13 +24,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::drive::{Handler, window_room};
-use super::{ConnSpec, Phase, Plan, Shared, Stats, Target};
+use crate::coord::{Counts, Phase, Shared, SpawnConns, Stats};
+use crate::drive::{Handler, Received};
+use crate::latency::Latency;
 
 /// Bytes of the executor's read buffer (also the most one `recv` asks for).
 const READ_BUF: usize = 256 * 1024;
@@ -42,7 +45,7 @@ pub enum ConnError {
     /// The server closed the connection while the run was on.
     Closed,
     Frame(gate::protocol::FrameError),
-    Push(crate::wire::PushParseError),
+    Body(crate::wire::BodyParseError),
     Decode(prost::DecodeError),
     Nats(crate::nats::NatsError),
     /// nats-server sent `-ERR`.
@@ -58,12 +61,12 @@ pub enum ConnError {
     Refused {
         code: u32,
     },
-    SendFailed {
+    /// A PULL answered with a non-OK code.
+    PullFailed {
         code: u32,
-        message: String,
     },
-    /// A NOTIFY instead of PUSH: the group is above the gate's `backend.push_threshold`.
-    Notify,
+    /// A NOTIFY about a conversation this connection does not pull (single chats are pushed).
+    UnexpectedNotify,
 }
 
 impl std::fmt::Display for ConnError {
@@ -72,7 +75,7 @@ impl std::fmt::Display for ConnError {
             Self::Io(e) => write!(f, "i/o error: {e}"),
             Self::Closed => f.write_str("the server closed the connection"),
             Self::Frame(e) => write!(f, "bad frame: {e}"),
-            Self::Push(e) => write!(f, "bad PUSH: {e}"),
+            Self::Body(e) => write!(f, "bad frame body: {e}"),
             Self::Decode(e) => write!(f, "undecodable body: {e}"),
             Self::Nats(e) => write!(f, "bad nats input: {e}"),
             Self::NatsErr(text) => write!(f, "nats-server sent -ERR {text}"),
@@ -81,12 +84,8 @@ impl std::fmt::Display for ConnError {
             }
             Self::Kicked { reason } => write!(f, "KICK with reason {reason}"),
             Self::Refused { code } => write!(f, "ERROR frame with code {code}"),
-            Self::SendFailed { code, message } => {
-                write!(f, "SEND answered with code {code}: {message}")
-            }
-            Self::Notify => f.write_str(
-                "got NOTIFY instead of PUSH: run the gate with backend.push_threshold >= members + publishers",
-            ),
+            Self::PullFailed { code } => write!(f, "PULL answered with code {code}"),
+            Self::UnexpectedNotify => f.write_str("NOTIFY about a conversation it does not pull"),
         }
     }
 }
@@ -115,10 +114,12 @@ pub struct ConnCtl {
 pub struct Exec {
     pub index: usize,
     pub shared: Arc<Shared>,
-    pub plan: Arc<Plan>,
+    /// Length of the measured window (senders stop at the start plus this).
+    pub duration: Duration,
     buf: RefCell<Vec<u8>>,
     conns: RefCell<Vec<Rc<ConnCtl>>>,
-    publishers_waiting: RefCell<Vec<Waker>>,
+    senders_waiting: RefCell<Vec<Waker>>,
+    latency: RefCell<Latency>,
 }
 
 impl Exec {
@@ -126,17 +127,24 @@ impl Exec {
         &self.shared.stats[self.index]
     }
 
-    /// Wakes this executor's publishers waiting for window room (deliveries arrived).
-    pub fn wake_publishers(&self) {
-        let mut waiting = self.publishers_waiting.borrow_mut();
+    /// Nanoseconds from the run's start to `now` (0 before the start or while it is unset).
+    pub fn ns_since_start(&self, now: Instant) -> u64 {
+        self.shared.start().map_or(0, |start| {
+            u64::try_from(now.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX)
+        })
+    }
+
+    /// Wakes this executor's senders waiting for window room (deliveries arrived).
+    pub fn wake_senders(&self) {
+        let mut waiting = self.senders_waiting.borrow_mut();
         for waker in waiting.drain(..) {
             waker.wake();
         }
     }
 
-    /// Parks a publisher until [`Exec::wake_publishers`].
+    /// Parks a sender until [`Exec::wake_senders`].
     pub fn wait_for_window(&self, waker: &Waker) {
-        let mut waiting = self.publishers_waiting.borrow_mut();
+        let mut waiting = self.senders_waiting.borrow_mut();
         if !waiting.iter().any(|w| w.will_wake(waker)) {
             waiting.push(waker.clone());
         }
@@ -145,7 +153,7 @@ impl Exec {
     /// A connection is logged in (gate) or subscribed (nats).
     pub fn joined(&self) {
         self.stats().connections.fetch_add(1, Ordering::Relaxed);
-        self.shared.ready.fetch_add(1, Ordering::Release);
+        self.shared.joined();
     }
 
     /// A connection has ended.
@@ -153,25 +161,14 @@ impl Exec {
         self.stats().connections.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Messages all publishers may add now (see `drive::window_room`).
-    pub fn window_room(&self) -> u64 {
-        let totals = self.shared.totals();
-        window_room(
-            totals.published,
-            totals.unique(),
-            self.plan.recipients,
-            self.plan.window_msgs,
-        )
-    }
-
-    /// Counts deliveries read by one connection and lets publishers look at the window again.
-    pub fn delivered(&self, n: u64, repeats: u64) {
-        if repeats > 0 {
-            self.stats().repeats.fetch_add(repeats, Ordering::Relaxed);
+    /// Counts what one connection read and lets waiting senders look at their window again.
+    pub fn count(&self, counts: &Counts) {
+        if counts.is_empty() {
+            return;
         }
-        if n > 0 {
-            self.stats().add_delivered(n);
-            self.wake_publishers();
+        self.stats().add(counts);
+        if counts.delivered > 0 {
+            self.wake_senders();
         }
     }
 }
@@ -285,7 +282,12 @@ impl Conn {
             Poll::Ready(Ok(n)) => n,
         };
         let filled = carried + n;
-        let consumed = match h.feed(&buf[..filled], &mut self.out) {
+        // One clock read per read: every message in it arrived at the same time.
+        let mut rx = Received {
+            now_ns: exec.ns_since_start(Instant::now()),
+            latency: &mut exec.latency.borrow_mut(),
+        };
+        let consumed = match h.feed(&buf[..filled], &mut self.out, &mut rx) {
             Ok(consumed) => consumed,
             Err(e) => return Poll::Ready(Err(e)),
         };
@@ -295,30 +297,26 @@ impl Conn {
     }
 }
 
-/// Runs one executor: spawns its connections, then supervises until [`Phase::Done`].
-pub async fn run(index: usize, shared: Arc<Shared>, plan: Arc<Plan>, specs: Vec<ConnSpec>) {
+/// Runs one executor: spawns its connections, supervises until [`Phase::Done`], and returns its
+/// latencies.
+pub async fn run(
+    index: usize,
+    shared: Arc<Shared>,
+    ack_flush: Duration,
+    duration: Duration,
+    spawn: SpawnConns,
+) -> Latency {
     let exec = Rc::new(Exec {
         index,
         shared,
-        plan,
+        duration,
         buf: RefCell::new(vec![0; READ_BUF]),
-        conns: RefCell::new(Vec::with_capacity(specs.len())),
-        publishers_waiting: RefCell::new(Vec::new()),
+        conns: RefCell::new(Vec::new()),
+        senders_waiting: RefCell::new(Vec::new()),
+        latency: RefCell::new(Latency::new()),
     });
-    let mut tasks = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let exec = Rc::clone(&exec);
-        tasks.push(glommio::spawn_local(async move {
-            let result = match exec.plan.target {
-                Target::Gate => super::gate_side::conn(&exec, spec).await,
-                Target::Nats => super::nats_side::conn(&exec, spec).await,
-            };
-            if let Err(e) = result {
-                exec.shared.record_error(format!("uid {}: {e}", spec.uid));
-            }
-        }));
-    }
-    let tick = exec.plan.ack_flush;
+    let tasks = spawn(&exec);
+    let tick = ack_flush;
     while exec.shared.phase() != Phase::Done {
         glommio::timer::sleep(tick).await;
         for ctl in exec.conns.borrow().iter() {
@@ -349,4 +347,5 @@ pub async fn run(index: usize, shared: Arc<Shared>, plan: Arc<Plan>, specs: Vec<
     if joined.is_err() {
         eprintln!("imgate-bench: executor {index}: connections did not end within 3 s");
     }
+    exec.latency.replace(Latency::new())
 }
