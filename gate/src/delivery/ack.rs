@@ -204,6 +204,10 @@ struct Inner {
     index: Option<IdMap<u64, u64>>,
     /// The highest msg_id tracked since the tracker was last empty: a larger one is new.
     max_tracked: u64,
+    /// msg_id and deadline of `fresh`'s back, kept here so an append reads no slot (the
+    /// deque's tail is cold when a fan-out comes back to this session).
+    back_msg_id: u64,
+    back_deadline: Option<Instant>,
     /// Entries resent at least once (the rare path).
     retrying: IdMap<u64, Pending>,
     /// The FIFO of each level, indexed by level, grown on demand.
@@ -222,6 +226,8 @@ impl Default for Inner {
             hint: 0,
             index: None,
             max_tracked: 0,
+            back_msg_id: 0,
+            back_deadline: None,
             retrying: IdMap::default(),
             levels: Vec::new(),
             due: Vec::new(),
@@ -291,6 +297,7 @@ impl Inner {
     fn settle(&mut self) {
         if self.len() == 0 {
             self.fresh.clear();
+            self.back_deadline = None;
             self.fresh_sorted = true;
             self.hint = 0;
             self.index = None;
@@ -306,6 +313,10 @@ impl Inner {
         if self.fresh.len() > 2 * self.fresh_live + COMPACT_SLACK {
             self.fresh.retain(Fresh::is_live);
             self.hint = 0;
+            if let Some(back) = self.fresh.back() {
+                self.back_msg_id = back.msg_id;
+                self.back_deadline = Some(back.deadline);
+            }
             if let Some(index) = &mut self.index {
                 index.clear();
                 let front_seq = self.front_seq;
@@ -320,6 +331,7 @@ impl Inner {
         if self.fresh.is_empty() {
             self.fresh_sorted = true;
             self.index = None;
+            self.back_deadline = None;
         }
         let Self {
             retrying, levels, ..
@@ -387,10 +399,12 @@ impl AckTracker {
             return Err(full);
         }
         let at = later(now, cfg.backoff(0));
-        let deadline = inner.fresh.back().map_or(at, |last| last.deadline.max(at));
-        if inner.fresh.back().is_some_and(|last| last.msg_id >= msg_id) {
+        let deadline = inner.back_deadline.map_or(at, |last| last.max(at));
+        if inner.back_deadline.is_some() && inner.back_msg_id >= msg_id {
             inner.fresh_sorted = false;
         }
+        inner.back_deadline = Some(deadline);
+        inner.back_msg_id = msg_id;
         if let Some(index) = &mut inner.index {
             index.insert(msg_id, inner.front_seq + inner.fresh.len() as u64);
         }
@@ -719,6 +733,10 @@ mod tests {
                 }
             }
             assert!(inner.fresh.len() <= 2 * inner.fresh_live + COMPACT_SLACK);
+            assert_eq!(inner.back_deadline, inner.fresh.back().map(|e| e.deadline));
+            if let Some(back) = inner.fresh.back() {
+                assert_eq!(inner.back_msg_id, back.msg_id);
+            }
             // retrying: heads live, FIFOs sorted, every entry has a live item, bounded.
             let mut items = 0;
             for (level, queue) in inner.levels.iter().enumerate() {

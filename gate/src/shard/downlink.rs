@@ -179,9 +179,10 @@ impl Shard {
                 };
                 (conv, encode_frame(cmd::PUSH, MsgType::Notify, 0, 0, &push))
             });
-            let (conv, frame) = (*conv, frame.clone());
+            // Borrowed: each session's tracker and queue take their own reference.
+            let (conv, frame) = (*conv, &*frame);
             self.each_session(uid, d.exclude_session, |conn| {
-                self.push_tracked(conn, msg.msg_id, conv, &frame, now)
+                self.push_tracked(conn, msg.msg_id, conv, frame, now)
             });
         }
     }
