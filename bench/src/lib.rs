@@ -5,10 +5,20 @@
 //!   the SEND template (sans-IO).
 //! - [`nats`]: the part of nats-server's text protocol the tool speaks (sans-IO).
 //! - [`procstat`]: CPU time and RSS of this process and of the gate (`--gate-pid`) from `/proc`.
+//! - [`harness`]: what every scenario's coordinator shares (phases, `--cpus`, loopback rule,
+//!   error log, executors).
+//! - [`link`]: sockets from a chosen source address and the shared read path.
+//! - [`sources`]: `--sources`, the loopback source addresses connections rotate over.
+//! - [`login`]: tokens, pre-encoded LOGIN frames, a login connection's view of gate frames, and
+//!   failure kinds (sans-IO).
 //! - [`fanout`]: the fan-out scenario (`imgate-bench fanout`): glommio executors driving many
 //!   connections each, against the gate or nats-server.
 
 pub mod fanout;
+pub mod harness;
+pub mod link;
+pub mod login;
 pub mod nats;
 pub mod procstat;
+pub mod sources;
 pub mod wire;

@@ -17,23 +17,21 @@ use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures_lite::{AsyncRead, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use super::drive::{Handler, window_room};
 use super::{ConnSpec, Phase, Plan, Shared, Stats, Target};
+use crate::link::{Input, poll_read_parsed};
 
 /// Bytes of the executor's read buffer (also the most one `recv` asks for).
 const READ_BUF: usize = 256 * 1024;
-/// Room always left after a connection's carried bytes.
-const MIN_READ: usize = 16 * 1024;
 
 /// Why a connection failed.
 #[derive(Debug)]
@@ -273,25 +271,14 @@ impl Conn {
         h: &mut H,
     ) -> Poll<Result<Event, ConnError>> {
         let mut buf = exec.buf.borrow_mut();
-        let carried = self.carry.len();
-        if buf.len() < carried + MIN_READ {
-            buf.resize(carried + MIN_READ, 0);
-        }
-        buf[..carried].copy_from_slice(&self.carry);
-        let n = match Pin::new(&mut self.stream).poll_read(cx, &mut buf[carried..]) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-            Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::Eof)),
-            Poll::Ready(Ok(n)) => n,
-        };
-        let filled = carried + n;
-        let consumed = match h.feed(&buf[..filled], &mut self.out) {
-            Ok(consumed) => consumed,
-            Err(e) => return Poll::Ready(Err(e)),
-        };
-        self.carry.clear();
-        self.carry.extend_from_slice(&buf[consumed..filled]);
-        Poll::Ready(Ok(Event::Input))
+        let out = &mut self.out;
+        poll_read_parsed(&mut self.stream, cx, &mut buf, &mut self.carry, |bytes| {
+            h.feed(bytes, out)
+        })
+        .map_ok(|input| match input {
+            Input::Parsed => Event::Input,
+            Input::Eof => Event::Eof,
+        })
     }
 }
 

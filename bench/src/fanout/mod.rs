@@ -27,21 +27,18 @@ mod nats_side;
 mod report;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use glommio::{LocalExecutorBuilder, Placement};
 
 pub use drive::{min_refill, window_room};
 pub use report::Summary;
 
+use crate::harness::{ErrorLog, PhaseCell, check_loopback, join_all, sleep_until, spawn_executors};
+pub use crate::harness::{Phase, RunError, parse_cpus};
+
 /// Most connections one load process drives.
 pub const MAX_CONNECTIONS: usize = 1200;
-/// Error messages kept for the report (all are counted).
-const KEPT_ERRORS: usize = 20;
-/// glommio's io_memory per executor: the tool does no file IO, so glommio's floor.
-const IO_MEMORY: usize = 64 << 10;
 
 /// Which server is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -117,29 +114,6 @@ pub struct FanoutArgs {
     pub setup_timeout: u64,
 }
 
-/// Why a run could not be carried out.
-#[derive(Debug)]
-pub enum RunError {
-    /// The options are inconsistent.
-    Args(String),
-    /// Group creation, connecting or logging in failed.
-    Setup(String),
-    /// An executor could not start or ended abnormally.
-    Executor(String),
-}
-
-impl std::fmt::Display for RunError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Args(m) => write!(f, "bad options: {m}"),
-            Self::Setup(m) => write!(f, "setup failed: {m}"),
-            Self::Executor(m) => write!(f, "executor failed: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for RunError {}
-
 /// Settings every executor reads; fixed before they start.
 #[derive(Debug)]
 pub struct Plan {
@@ -165,15 +139,6 @@ pub struct Plan {
 pub struct ConnSpec {
     pub uid: u64,
     pub publisher: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum Phase {
-    Setup = 0,
-    Running = 1,
-    Draining = 2,
-    Done = 3,
 }
 
 /// One executor's counters, on a cache line of its own; written once per read or write batch.
@@ -217,37 +182,30 @@ impl Totals {
 /// What the executors and the coordinating thread share.
 #[derive(Debug)]
 pub struct Shared {
-    phase: AtomicU8,
+    phase: PhaseCell,
     start: OnceLock<Instant>,
     ready: AtomicUsize,
     pub stats: Box<[Stats]>,
-    error_count: AtomicU64,
-    errors: Mutex<Vec<String>>,
+    errors: ErrorLog,
 }
 
 impl Shared {
     fn new(executors: usize) -> Self {
         Self {
-            phase: AtomicU8::new(Phase::Setup as u8),
+            phase: PhaseCell::default(),
             start: OnceLock::new(),
             ready: AtomicUsize::new(0),
             stats: (0..executors).map(|_| Stats::default()).collect(),
-            error_count: AtomicU64::new(0),
-            errors: Mutex::new(Vec::new()),
+            errors: ErrorLog::default(),
         }
     }
 
     pub fn phase(&self) -> Phase {
-        match self.phase.load(Ordering::Acquire) {
-            0 => Phase::Setup,
-            1 => Phase::Running,
-            2 => Phase::Draining,
-            _ => Phase::Done,
-        }
+        self.phase.get()
     }
 
     fn set_phase(&self, phase: Phase) {
-        self.phase.store(phase as u8, Ordering::Release);
+        self.phase.set(phase);
     }
 
     /// When publishing started (set before the phase becomes Running).
@@ -269,48 +227,12 @@ impl Shared {
         if self.phase() == Phase::Done {
             return;
         }
-        self.error_count.fetch_add(1, Ordering::Relaxed);
-        let mut kept = self.errors.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() < KEPT_ERRORS {
-            kept.push(message);
-        }
+        self.errors.record(message);
     }
 
     fn errors(&self) -> (u64, Vec<String>) {
-        let kept = self
-            .errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        (self.error_count.load(Ordering::Relaxed), kept)
+        self.errors.snapshot()
     }
-}
-
-/// `1`, `1,3`, `2-3`, `0,2-3`: a list of core numbers.
-pub fn parse_cpus(spec: &str) -> Result<Vec<usize>, RunError> {
-    let bad = || RunError::Args(format!("--cpus {spec:?}: expected e.g. 1, 1,3 or 2-3"));
-    let mut cpus = Vec::new();
-    for part in spec.split(',').map(str::trim) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) = (
-                    a.trim().parse().map_err(|_| bad())?,
-                    b.trim().parse().map_err(|_| bad())?,
-                );
-                if a > b {
-                    return Err(bad());
-                }
-                cpus.extend(a..=b);
-            }
-            None => cpus.push(part.parse().map_err(|_| bad())?),
-        }
-    }
-    cpus.sort_unstable();
-    cpus.dedup();
-    if cpus.is_empty() || cpus.len() > 64 {
-        return Err(bad());
-    }
-    Ok(cpus)
 }
 
 /// Which connections each executor opens: publishers on the first, members round-robin.
@@ -332,12 +254,7 @@ pub fn layout(args: &FanoutArgs, executors: usize) -> Vec<Vec<ConnSpec>> {
 }
 
 fn validate(args: &FanoutArgs) -> Result<(SocketAddr, Vec<usize>), RunError> {
-    let addr = args.addr.unwrap_or_else(|| args.target.default_addr());
-    if !addr.ip().is_loopback() {
-        return Err(RunError::Args(format!(
-            "--addr {addr}: the load generator only targets loopback addresses"
-        )));
-    }
+    let addr = check_loopback(args.addr.unwrap_or_else(|| args.target.default_addr()))?;
     if args.members == 0 || args.publishers == 0 || args.inflight == 0 || args.duration == 0 {
         return Err(RunError::Args(
             "--members, --publishers, --inflight and --duration must be at least 1".into(),
@@ -394,22 +311,16 @@ pub fn run(args: &FanoutArgs) -> Result<Summary, RunError> {
         executors: cpus.len(),
     });
     let shared = Arc::new(Shared::new(cpus.len()));
-    let mut handles = Vec::with_capacity(cpus.len());
-    for (index, (cpu, specs)) in cpus.iter().zip(layout(args, cpus.len())).enumerate() {
-        let (theirs, plan) = (Arc::clone(&shared), Arc::clone(&plan));
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
-            .name(&format!("bench-{index}"))
-            .io_memory(IO_MEMORY)
-            .spawn(move || exec::run(index, theirs, plan, specs));
-        match handle {
-            Ok(h) => handles.push(h),
-            Err(e) => {
-                shared.set_phase(Phase::Done);
-                join_all(handles);
-                return Err(RunError::Executor(format!("on cpu {cpu}: {e}")));
-            }
-        }
-    }
+    let mut layouts = layout(args, cpus.len()).into_iter();
+    let handles = spawn_executors(
+        &cpus,
+        |index| {
+            let (theirs, plan) = (Arc::clone(&shared), Arc::clone(&plan));
+            let specs = layouts.next().unwrap_or_default();
+            move || exec::run(index, theirs, plan, specs)
+        },
+        || shared.set_phase(Phase::Done),
+    )?;
 
     // 1. Setup.
     let total = args.members + args.publishers;
@@ -422,7 +333,7 @@ pub fn run(args: &FanoutArgs) -> Result<Summary, RunError> {
         }
         if errors > 0 || Instant::now() > setup_deadline {
             shared.set_phase(Phase::Done);
-            join_all(handles);
+            let _ = join_all(handles);
             let why = if errors > 0 {
                 format!("{errors} connection(s) failed: {}", kept.join("; "))
             } else {
@@ -466,11 +377,9 @@ pub fn run(args: &FanoutArgs) -> Result<Summary, RunError> {
 
     // 4. Done.
     shared.set_phase(Phase::Done);
-    let failed = join_all(handles);
+    let joined = join_all(handles);
     let (errors, error_messages) = shared.errors();
-    if let Some(why) = failed {
-        return Err(RunError::Executor(why));
-    }
+    joined.map_err(RunError::Executor)?;
     Ok(Summary {
         target: args.target,
         members: args.members,
@@ -492,37 +401,9 @@ pub fn run(args: &FanoutArgs) -> Result<Summary, RunError> {
     })
 }
 
-fn sleep_until(t: Instant) {
-    let now = Instant::now();
-    if t > now {
-        std::thread::sleep(t - now);
-    }
-}
-
-/// Joins every executor thread; the first failure, if any.
-fn join_all(handles: Vec<glommio::ExecutorJoinHandle<()>>) -> Option<String> {
-    let mut failed = None;
-    for h in handles {
-        if let Err(e) = h.join() {
-            failed.get_or_insert(e.to_string());
-        }
-    }
-    failed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_lists_and_ranges_parse() {
-        assert_eq!(parse_cpus("1").expect("one"), [1]);
-        assert_eq!(parse_cpus("3,1").expect("list"), [1, 3]);
-        assert_eq!(parse_cpus("0,2-3").expect("range"), [0, 2, 3]);
-        assert!(parse_cpus("").is_err());
-        assert!(parse_cpus("3-1").is_err());
-        assert!(parse_cpus("a").is_err());
-    }
 
     fn args(members: usize, publishers: usize) -> FanoutArgs {
         use clap::Parser;

@@ -1,0 +1,242 @@
+//! What every scenario's coordinator shares: the error a run ends with ([`RunError`]), `--cpus`
+//! parsing, the loopback-only rule for `--addr`, the bounded log of connection errors
+//! ([`ErrorLog`]), and starting and joining the glommio executors (one per listed core, each with
+//! [`IO_MEMORY`]).
+//!
+//! Owns no scenario state; the scenarios (`fanout`, `connect`, `idle`) own theirs.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Instant;
+
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+
+/// glommio's io_memory per executor: the tool does no file IO, so glommio's floor. memlock is
+/// 8 MiB shared by every process of the user (the gate pins 3 x its own io_memory per shard).
+pub const IO_MEMORY: usize = 64 << 10;
+/// Error messages kept for the report (all are counted).
+pub const KEPT_ERRORS: usize = 20;
+
+/// Where a run is; every executor reads it, the coordinating thread moves it forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Phase {
+    /// Connecting and logging in; nothing is measured.
+    Setup = 0,
+    /// The measured window.
+    Running = 1,
+    /// After the window: work in flight finishes, nothing new starts.
+    Draining = 2,
+    /// Executors close their sockets and stop.
+    Done = 3,
+}
+
+/// A [`Phase`] shared across threads.
+#[derive(Debug, Default)]
+pub struct PhaseCell(AtomicU8);
+
+impl PhaseCell {
+    pub fn get(&self) -> Phase {
+        match self.0.load(Ordering::Acquire) {
+            0 => Phase::Setup,
+            1 => Phase::Running,
+            2 => Phase::Draining,
+            _ => Phase::Done,
+        }
+    }
+
+    pub fn set(&self, phase: Phase) {
+        self.0.store(phase as u8, Ordering::Release);
+    }
+}
+
+/// Why a run could not be carried out (exit code 2).
+#[derive(Debug)]
+pub enum RunError {
+    /// The options are inconsistent.
+    Args(String),
+    /// Group creation, connecting or logging in failed.
+    Setup(String),
+    /// An executor could not start or ended abnormally.
+    Executor(String),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Args(m) => write!(f, "bad options: {m}"),
+            Self::Setup(m) => write!(f, "setup failed: {m}"),
+            Self::Executor(m) => write!(f, "executor failed: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// `1`, `1,3`, `2-3`, `0,2-3`: a list of core numbers.
+pub fn parse_cpus(spec: &str) -> Result<Vec<usize>, RunError> {
+    let bad = || RunError::Args(format!("--cpus {spec:?}: expected e.g. 1, 1,3 or 2-3"));
+    let mut cpus = Vec::new();
+    for part in spec.split(',').map(str::trim) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                if a > b {
+                    return Err(bad());
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    if cpus.is_empty() || cpus.len() > 64 {
+        return Err(bad());
+    }
+    Ok(cpus)
+}
+
+/// The load generator only ever targets this host.
+pub fn check_loopback(addr: SocketAddr) -> Result<SocketAddr, RunError> {
+    if addr.ip().is_loopback() {
+        Ok(addr)
+    } else {
+        Err(RunError::Args(format!(
+            "--addr {addr}: the load generator only targets loopback addresses"
+        )))
+    }
+}
+
+/// Every connection error counted, the first [`KEPT_ERRORS`] kept with their message.
+#[derive(Debug, Default)]
+pub struct ErrorLog {
+    count: AtomicU64,
+    kept: Mutex<Vec<String>>,
+}
+
+impl ErrorLog {
+    pub fn record(&self, message: String) {
+        self.record_with(|| message);
+    }
+
+    /// Counts one error; `message` is made (and the lock taken) only while messages are kept,
+    /// so a run failing at a high rate does not format or contend for every failure.
+    pub fn record_with(&self, message: impl FnOnce() -> String) {
+        let before = self.count.fetch_add(1, Ordering::Relaxed);
+        if before < KEPT_ERRORS as u64 {
+            let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() < KEPT_ERRORS {
+                kept.push(message());
+            }
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The count and the kept messages.
+    pub fn snapshot(&self) -> (u64, Vec<String>) {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (self.count(), kept)
+    }
+}
+
+/// Starts one executor per core in `cpus`, named `bench-INDEX`, running `task(index)`. On a
+/// failure the ones already started are handed to `abort` (which must make them end) and joined.
+pub fn spawn_executors<T, F, Fut>(
+    cpus: &[usize],
+    mut task: impl FnMut(usize) -> F,
+    abort: impl FnOnce(),
+) -> Result<Vec<ExecutorJoinHandle<T>>, RunError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    let mut handles = Vec::with_capacity(cpus.len());
+    for (index, cpu) in cpus.iter().enumerate() {
+        let spawned = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
+            .name(&format!("bench-{index}"))
+            .io_memory(IO_MEMORY)
+            .spawn(task(index));
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                abort();
+                // The start failure is what the caller reports; a failed join adds nothing.
+                let _ = join_all(handles);
+                return Err(RunError::Executor(format!("on cpu {cpu}: {e}")));
+            }
+        }
+    }
+    Ok(handles)
+}
+
+/// Joins every executor thread: their results, or the first failure.
+pub fn join_all<T: Send + 'static>(handles: Vec<ExecutorJoinHandle<T>>) -> Result<Vec<T>, String> {
+    let mut results = Vec::with_capacity(handles.len());
+    let mut failed = None;
+    for h in handles {
+        match h.join() {
+            Ok(t) => results.push(t),
+            Err(e) => {
+                failed.get_or_insert(e.to_string());
+            }
+        }
+    }
+    match failed {
+        Some(why) => Err(why),
+        None => Ok(results),
+    }
+}
+
+pub fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_and_ranges_parse() {
+        assert_eq!(parse_cpus("1").expect("one"), [1]);
+        assert_eq!(parse_cpus("3,1").expect("list"), [1, 3]);
+        assert_eq!(parse_cpus("0,2-3").expect("range"), [0, 2, 3]);
+        assert!(parse_cpus("").is_err());
+        assert!(parse_cpus("3-1").is_err());
+        assert!(parse_cpus("a").is_err());
+    }
+
+    #[test]
+    fn only_loopback_addresses_are_accepted() {
+        assert!(check_loopback("127.0.0.1:7000".parse().expect("addr")).is_ok());
+        assert!(check_loopback("[::1]:7000".parse().expect("addr")).is_ok());
+        assert!(matches!(
+            check_loopback("10.0.0.1:7000".parse().expect("addr")),
+            Err(RunError::Args(_))
+        ));
+    }
+
+    #[test]
+    fn error_log_counts_all_and_keeps_the_first() {
+        let log = ErrorLog::default();
+        for i in 0..KEPT_ERRORS + 5 {
+            log.record(format!("e{i}"));
+        }
+        let (count, kept) = log.snapshot();
+        assert_eq!(count, (KEPT_ERRORS + 5) as u64);
+        assert_eq!(kept.len(), KEPT_ERRORS);
+        assert_eq!(kept[0], "e0");
+    }
+}
