@@ -11,9 +11,12 @@
 //! - [`sources`]: `--sources`, the loopback source addresses connections rotate over.
 //! - [`login`]: tokens, pre-encoded LOGIN frames, a login connection's view of gate frames, and
 //!   failure kinds (sans-IO).
+//! - [`connect`]: the login-rate scenario (`imgate-bench connect`): rolling bursts of connect,
+//!   LOGIN, close over many source addresses.
 //! - [`fanout`]: the fan-out scenario (`imgate-bench fanout`): glommio executors driving many
 //!   connections each, against the gate or nats-server.
 
+pub mod connect;
 pub mod fanout;
 pub mod harness;
 pub mod link;

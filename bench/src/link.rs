@@ -1,24 +1,28 @@
 //! The socket shell shared by the scenarios: opening a connection from a chosen source address
 //! ([`open`]), and one read into the executor's shared buffer parsed at once
 //! ([`poll_read_parsed`], used by `fanout` too), and [`Link`], a gate connection of the `connect`
-//! and `idle` scenarios (socket + the unparsed tail of its last read).
+//! and `idle` scenarios (socket + the unparsed tail of its last read), and [`Signal`], how a
+//! supervisor task pokes a connection task.
 //!
 //! A connection keeps no read buffer of its own: it reads into its executor's one large buffer,
 //! after the bytes it carried over from the previous read (usually none), and keeps only the
 //! incomplete tail. Nothing here allocates per frame.
 
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWriteExt};
-use gate::protocol::FrameError;
+use gate::protocol::{DEFAULT_MAX_FRAME, FrameError, HEADER_LEN};
 use glommio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::login::{Failure, LoggedIn, on_frame, put_logout};
 use crate::wire::{RawFrame, split_frame};
 
 /// Room always left after a connection's carried bytes.
@@ -162,6 +166,108 @@ impl Link {
                 at += n;
             }
             Ok(at)
+        })
+    }
+}
+
+impl Link {
+    /// Sends the pre-encoded LOGIN `frame` and reads until its LoginResp (answering PINGs).
+    /// Errors until the LOGIN is written are [`Failure::Connect`]: the connection was never
+    /// established.
+    pub async fn login(
+        &mut self,
+        buf: &RefCell<Vec<u8>>,
+        frame: &[u8],
+    ) -> Result<LoggedIn, Failure> {
+        self.send(frame).await.map_err(Failure::Connect)?;
+        let mut out = Vec::new(); // stays unallocated unless the gate PINGs before answering
+        loop {
+            let mut logged_in = None;
+            let input = poll_fn(|cx| {
+                let mut buf = buf.borrow_mut();
+                self.poll_frames(cx, &mut buf, DEFAULT_MAX_FRAME, |f| {
+                    if let Some(l) = on_frame(f, &mut out)? {
+                        logged_in = Some(l);
+                    }
+                    Ok::<_, Failure>(())
+                })
+            })
+            .await?;
+            if let Some(l) = logged_in {
+                return Ok(l);
+            }
+            if input == Input::Eof {
+                return Err(Failure::Closed);
+            }
+            if !out.is_empty() {
+                self.send(&out).await?;
+                out.clear();
+            }
+        }
+    }
+
+    /// Sends LOGOUT and reads until the gate closes (PROTOCOL.md: it answers, then closes).
+    pub async fn logout(&mut self, buf: &RefCell<Vec<u8>>, max_frame: u32) -> Result<(), Failure> {
+        let mut out = Vec::with_capacity(HEADER_LEN);
+        put_logout(&mut out);
+        self.send(&out).await?;
+        out.clear();
+        loop {
+            let input = poll_fn(|cx| {
+                let mut buf = buf.borrow_mut();
+                self.poll_frames(cx, &mut buf, max_frame, |f| on_frame(f, &mut out).map(drop))
+            })
+            .await?;
+            if input == Input::Eof {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A flag one task raises and another awaits, on one executor (no atomics): how a supervisor
+/// tells a connection task its deadline passed, a PING is due, or the run is over.
+#[derive(Default)]
+pub struct Signal {
+    raised: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Signal {
+    /// Raises the flag and wakes the waiting task, if any.
+    pub fn raise(&self) {
+        self.raised.set(true);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Takes the flag if raised; otherwise remembers `cx`'s waker for [`Signal::raise`].
+    pub fn poll_take(&self, cx: &mut Context<'_>) -> bool {
+        if self.raised.take() {
+            return true;
+        }
+        let waker = self.waker.take();
+        self.waker.set(match waker {
+            Some(w) if w.will_wake(cx.waker()) => Some(w),
+            _ => Some(cx.waker().clone()),
+        });
+        false
+    }
+
+    /// Lowers the flag without waiting.
+    pub fn clear(&self) {
+        self.raised.set(false);
+    }
+
+    /// Completes once the flag is raised (and takes it).
+    pub fn wait(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.poll_take(cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
         })
     }
 }
