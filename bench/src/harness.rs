@@ -113,6 +113,30 @@ pub fn check_loopback(addr: SocketAddr) -> Result<SocketAddr, RunError> {
     }
 }
 
+/// File descriptors a run needs besides its sockets (executors, io_uring, stdio, /proc reads).
+pub const FD_RESERVE: u64 = 100;
+
+/// Refuses a run that would open more sockets than the open-file limit allows (it cannot be
+/// raised here; better to say so than to count EMFILE as connect failures).
+pub fn check_fd_limit(sockets: usize) -> Result<(), RunError> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Ok(()); // unknown: let the run find out
+    }
+    let needed = sockets as u64 + FD_RESERVE;
+    if limit.rlim_cur < needed {
+        return Err(RunError::Args(format!(
+            "{sockets} connections need {needed} open files; the limit (ulimit -n) is {}",
+            limit.rlim_cur
+        )));
+    }
+    Ok(())
+}
+
 /// Every connection error counted, the first [`KEPT_ERRORS`] kept with their message.
 #[derive(Debug, Default)]
 pub struct ErrorLog {

@@ -13,12 +13,15 @@
 //!   failure kinds (sans-IO).
 //! - [`connect`]: the login-rate scenario (`imgate-bench connect`): rolling bursts of connect,
 //!   LOGIN, close over many source addresses.
+//! - [`idle`]: the idle-connections scenario (`imgate-bench idle`): N logged-in connections
+//!   kept alive by heartbeats; the gate's marginal memory per connection.
 //! - [`fanout`]: the fan-out scenario (`imgate-bench fanout`): glommio executors driving many
 //!   connections each, against the gate or nats-server.
 
 pub mod connect;
 pub mod fanout;
 pub mod harness;
+pub mod idle;
 pub mod link;
 pub mod login;
 pub mod nats;

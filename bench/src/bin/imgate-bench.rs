@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use bench::connect::{self, ConnectArgs};
 use bench::fanout::{self, FanoutArgs};
 use bench::harness::RunError;
+use bench::idle::{self, IdleArgs};
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
@@ -27,6 +28,9 @@ enum Scenario {
     Fanout(FanoutArgs),
     /// Logins/s: rolling bursts of connect, LOGIN, LoginResp, close, at most --concurrency at once.
     Connect(ConnectArgs),
+    /// N logged-in connections kept alive by heartbeats; the gate's marginal memory per
+    /// connection with --gate-pid.
+    Idle(IdleArgs),
 }
 
 /// What every scenario's summary offers the binary.
@@ -54,6 +58,21 @@ impl Report for fanout::Summary {
 }
 
 impl Report for connect::Summary {
+    fn text(&self) -> String {
+        self.to_text()
+    }
+    fn json(&self) -> String {
+        self.to_json()
+    }
+    fn failures(&self) -> u64 {
+        self.failures.total()
+    }
+    fn error_messages(&self) -> &[String] {
+        &self.error_messages
+    }
+}
+
+impl Report for idle::Summary {
     fn text(&self) -> String {
         self.to_text()
     }
@@ -96,5 +115,6 @@ fn main() -> ExitCode {
     match Cli::parse().scenario {
         Scenario::Fanout(args) => finish(fanout::run(&args), args.json),
         Scenario::Connect(args) => finish(connect::run(&args), args.json),
+        Scenario::Idle(args) => finish(idle::run(&args), args.json),
     }
 }

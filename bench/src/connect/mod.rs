@@ -44,8 +44,8 @@ use hdrhistogram::Histogram;
 pub use report::{Latency, Summary};
 
 use crate::harness::{
-    ErrorLog, Phase, PhaseCell, RunError, check_loopback, join_all, parse_cpus, sleep_until,
-    spawn_executors,
+    ErrorLog, Phase, PhaseCell, RunError, check_fd_limit, check_loopback, join_all, parse_cpus,
+    sleep_until, spawn_executors,
 };
 use crate::link::CloseMode;
 use crate::login::{AuthMode, FailureCounts, Failures, LoginFrames, Tokens};
@@ -229,6 +229,7 @@ fn validate(args: &ConnectArgs) -> Result<Checked, RunError> {
         }
         (AuthMode::Dev, _) => Vec::new(),
     };
+    check_fd_limit(args.concurrency)?;
     let cpus = parse_cpus(&args.cpus)?;
     if cpus.len() > args.concurrency {
         return Err(RunError::Args(
