@@ -153,18 +153,22 @@ async fn slot(exec: Rc<Exec>, ctl: Rc<SlotCtl>) {
             return; // cancelled by the end of the run: not an outcome
         }
         let stats = exec.stats();
+        let in_window = exec.phase() == Phase::Running;
+        stats.ended.fetch_add(1, Ordering::Relaxed);
+        if in_window {
+            stats.window_ended.fetch_add(1, Ordering::Relaxed);
+        }
         let link = match outcome {
             Ok(link) => {
-                if exec.phase() == Phase::Running {
+                if in_window {
                     let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                     exec.latency.borrow_mut().saturating_record(us.max(1));
+                    stats.window_logins.fetch_add(1, Ordering::Relaxed);
                 }
                 stats.logins.fetch_add(1, Ordering::Relaxed);
-                stats.ended.fetch_add(1, Ordering::Relaxed);
                 link
             }
             Err(failure) => {
-                stats.ended.fetch_add(1, Ordering::Relaxed);
                 let kind = failure.kind();
                 fail(&exec, uid, failure);
                 ctl.deadline.set(None);

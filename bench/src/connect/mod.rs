@@ -132,6 +132,10 @@ pub struct Stats {
     pub ended: AtomicU64,
     /// LoginResps with code 0.
     pub logins: AtomicU64,
+    /// Attempts that ended, and LoginResps, while the phase was Running (the same test that
+    /// decides whether a latency is recorded, so the window's counts and histogram agree).
+    pub window_ended: AtomicU64,
+    pub window_logins: AtomicU64,
     pub failures: FailureCounts,
 }
 
@@ -141,6 +145,8 @@ pub struct Totals {
     pub open: u64,
     pub ended: u64,
     pub logins: u64,
+    pub window_ended: u64,
+    pub window_logins: u64,
     pub failures: Failures,
 }
 
@@ -169,6 +175,8 @@ impl Shared {
             open: t.open + s.open.load(Ordering::Relaxed),
             ended: t.ended + s.ended.load(Ordering::Relaxed),
             logins: t.logins + s.logins.load(Ordering::Relaxed),
+            window_ended: t.window_ended + s.window_ended.load(Ordering::Relaxed),
+            window_logins: t.window_logins + s.window_logins.load(Ordering::Relaxed),
             failures: t.failures.plus(s.failures.snapshot()),
         })
     }
@@ -311,12 +319,12 @@ pub fn run(args: &ConnectArgs) -> Result<Summary, RunError> {
     let end = checked.duration.map(|d| start + d);
     let mut last = Totals::default();
     let mut second = 1;
-    let measured = loop {
+    loop {
         let now = Instant::now();
         let t = shared.totals();
         let all_done = args.logins.is_some_and(|n| t.ended >= n);
         if all_done || end.is_some_and(|end| now >= end) {
-            break t;
+            break;
         }
         if now >= start + Duration::from_secs(second) {
             let own = own_meter.as_mut().and_then(CpuMeter::share_since_last);
@@ -328,7 +336,10 @@ pub fn run(args: &ConnectArgs) -> Result<Summary, RunError> {
         let next_second = start + Duration::from_secs(second);
         let wake = end.map_or(next_second, |e| e.min(next_second));
         sleep_until(wake.min(now + Duration::from_millis(10)));
-    };
+    }
+    // Draining: attempts in flight end (each is bounded by the timeout) and are not counted in
+    // the window.
+    shared.phase.set(Phase::Draining);
     let seconds = start.elapsed().as_secs_f64();
     let own_cpu = Proc::SelfProcess
         .cpu()
@@ -339,9 +350,10 @@ pub fn run(args: &ConnectArgs) -> Result<Summary, RunError> {
         _ => None,
     };
     let own_rss = Proc::SelfProcess.rss().unwrap_or(0);
-
-    // Draining: attempts in flight end (each is bounded by the timeout).
-    shared.phase.set(Phase::Draining);
+    // An executor that saw Running just before the switch counts its attempt at once (no await
+    // in between); a moment later the window's counters are final.
+    std::thread::sleep(Duration::from_millis(2));
+    let measured = shared.totals();
     let drain_deadline = Instant::now() + plan.timeout + Duration::from_secs(1);
     while shared.totals().open > 0 && Instant::now() < drain_deadline {
         std::thread::sleep(Duration::from_millis(5));
@@ -367,15 +379,15 @@ pub fn run(args: &ConnectArgs) -> Result<Summary, RunError> {
         uids: args.uids,
         signing_ms: signing.as_secs_f64() * 1e3,
         seconds,
-        attempts: measured.ended,
-        logins: measured.logins,
+        attempts: measured.window_ended,
+        logins: measured.window_logins,
         latency: Latency::of(&latency),
         failures: after_drain.failures,
         tool_cpu: own_cpu,
         tool_rss: own_rss,
         gate_pid: args.gate_pid,
         gate_cpu: gate_used.map(|used| cpu_share(used, Duration::from_secs_f64(seconds))),
-        gate_us_per_login: gate_used.map(|used| report::per_login_us(used, measured.logins)),
+        gate_us_per_login: gate_used.map(|used| report::per_login_us(used, measured.window_logins)),
         error_messages,
     })
 }

@@ -300,6 +300,8 @@ mod tests {
             open: 12_000,
             ended: 100_000,
             logins: 100_000,
+            window_ended: 100_000,
+            window_logins: 100_000,
             failures: Failures::default(),
         };
         let now = Totals {
