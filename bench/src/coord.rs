@@ -31,10 +31,10 @@ use crate::procstat::{CpuTime, Proc, cpu_share};
 /// Most connections one load process drives.
 pub const MAX_CONNECTIONS: usize = 2000;
 /// Error messages kept for the report (all are counted).
-const KEPT_ERRORS: usize = 20;
+pub const KEPT_ERRORS: usize = 20;
 /// glommio's io_memory per executor: the tool does no file IO, so glommio's floor (the machine's
 /// memlock limit is small: this is pinned three times per executor).
-const IO_MEMORY: usize = 64 << 10;
+pub const IO_MEMORY: usize = 64 << 10;
 /// How far ahead of "now" the run's start is set, so every sender is waiting for it.
 const START_AHEAD: Duration = Duration::from_millis(20);
 
@@ -126,12 +126,17 @@ pub fn parse_cpus(spec: &str) -> Result<Vec<usize>, RunError> {
     Ok(cpus)
 }
 
+/// Where a run is; every executor reads it, the coordinating thread moves it forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Phase {
+    /// Connecting and logging in; nothing is measured.
     Setup = 0,
+    /// The measured window.
     Running = 1,
+    /// After the window: work in flight finishes, nothing new starts.
     Draining = 2,
+    /// Executors close their sockets and stop.
     Done = 3,
 }
 

@@ -16,19 +16,33 @@
 //! - [`gate_conn`], [`nats_conn`]: the per-connection protocol handlers of the two targets.
 //! - [`report`]: what every summary shares.
 //!
+//! The login scenarios' shell (connections that log in and do little else):
+//! - [`harness`]: executors, the error log and the phase cell for `connect` and `idle`.
+//! - [`link`]: sockets from a chosen source address and their read path.
+//! - [`sources`]: `--sources`, the loopback source addresses connections rotate over.
+//! - [`login`]: tokens, pre-encoded LOGIN frames, a login connection's view of gate frames, and
+//!   failure kinds (sans-IO).
+//!
 //! Scenarios: [`fanout`] (one group or subject, many receivers), [`chat`] (one-to-one pairs),
-//! [`uplink`] (SEND → SendResp).
+//! [`uplink`] (SEND → SendResp), [`connect`] (logins/s over rolling bursts), [`idle`] (logged-in
+//! connections at rest; the gate's memory per connection).
 
 pub mod chat;
+pub mod connect;
 pub mod coord;
 pub mod drive;
 pub mod exec;
 pub mod fanout;
 pub mod gate_conn;
+pub mod harness;
+pub mod idle;
 pub mod latency;
+pub mod link;
+pub mod login;
 pub mod nats;
 pub mod nats_conn;
 pub mod procstat;
 pub mod report;
+pub mod sources;
 pub mod uplink;
 pub mod wire;

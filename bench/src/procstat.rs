@@ -5,7 +5,7 @@
 //! figure is the difference of two readings over a wall interval (`cpu_share`). RSS is `VmRSS`
 //! from `/proc/PID/status`, in bytes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One reading of a process's accumulated CPU time (user + system).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -64,6 +64,43 @@ fn ticks_per_sec() -> u64 {
     // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+/// Successive CPU readings of one process, for per-second shares (progress lines).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMeter {
+    proc: Proc,
+    last: CpuTime,
+    at: Instant,
+}
+
+impl CpuMeter {
+    pub fn start(proc: Proc) -> Result<Self, String> {
+        Ok(Self {
+            proc,
+            last: proc.cpu()?,
+            at: Instant::now(),
+        })
+    }
+
+    /// Share of one core used since the previous reading (or the start); `None` when the
+    /// process can no longer be read.
+    pub fn share_since_last(&mut self) -> Option<f64> {
+        let now = Instant::now();
+        let cpu = self.proc.cpu().ok()?;
+        let share = cpu_share(cpu.since(self.last), now - self.at);
+        self.last = cpu;
+        self.at = now;
+        Some(share)
+    }
+}
+
+/// `" 87%"`, or `"  - "` when there is no reading.
+pub fn percent(share: Option<f64>) -> String {
+    match share {
+        Some(s) => format!("{:>3.0}%", s * 100.0),
+        None => "  - ".into(),
+    }
 }
 
 /// Which process to read: this one or another by pid.

@@ -256,6 +256,34 @@ pub fn pull_resp(
     Ok(summary)
 }
 
+/// The first occurrence of varint field `field` in a protobuf body (`Ok(None)`: absent, i.e.
+/// zero in proto3), skipping every other field by wire type, never allocating. How the load
+/// generator reads `LoginResp.code`, `heartbeat_secs`, `max_frame` and `Kick.reason` without
+/// decoding their strings. Same errors as [`push_msg_id`] (`NoMsgId` is never returned).
+pub fn varint_field(body: &[u8], field: u64) -> Result<Option<u64>, BodyParseError> {
+    let mut at = 0;
+    while at < body.len() {
+        let tag = varint(body, &mut at)?;
+        let skip = match (tag >> 3, tag & 7) {
+            (0, _) => return Err(BodyParseError::BadField { tag }),
+            (f, 0) if f == field => return varint(body, &mut at).map(Some),
+            (_, 0) => {
+                varint(body, &mut at)?;
+                0
+            }
+            (_, 1) => 8,
+            (_, 2) => usize::try_from(varint(body, &mut at)?).unwrap_or(usize::MAX),
+            (_, 5) => 4,
+            _ => return Err(BodyParseError::BadField { tag }),
+        };
+        at = at
+            .checked_add(skip)
+            .filter(|&end| end <= body.len())
+            .ok_or(BodyParseError::Truncated)?;
+    }
+    Ok(None)
+}
+
 fn varint_len(v: u64) -> usize {
     // 1 byte per started group of 7 bits; 0 takes one byte.
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
@@ -496,6 +524,43 @@ mod tests {
                 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1
             ]),
             Err(BodyParseError::VarintOverflow)
+        );
+    }
+
+    #[test]
+    fn varint_fields_are_read_past_strings_without_decoding() {
+        let resp = pb::LoginResp {
+            code: 2,
+            message: "bad token signature".into(),
+            heartbeat_secs: 30,
+            server_time_ms: 1_764_201_600_123,
+            session_id: 1 << 40,
+            gate_id: "gate-under-test".into(),
+            max_frame: 65_536,
+        };
+        let body = resp.encode_to_vec();
+        assert_eq!(varint_field(&body, 1), Ok(Some(2)));
+        assert_eq!(varint_field(&body, 3), Ok(Some(30)));
+        assert_eq!(varint_field(&body, 5), Ok(Some(1 << 40)));
+        assert_eq!(varint_field(&body, 7), Ok(Some(65_536)));
+        assert_eq!(varint_field(&body, 2), Ok(None), "a string is not a varint");
+        let ok = pb::LoginResp {
+            code: 0,
+            ..resp.clone()
+        };
+        assert_eq!(
+            varint_field(&ok.encode_to_vec(), 1),
+            Ok(None),
+            "zero is omitted"
+        );
+        assert_eq!(varint_field(&[], 1), Ok(None));
+        for cut in 1..body.len() {
+            // Cut anywhere: an error or a field found before the cut, never a panic.
+            let _ = varint_field(&body[..cut], 7);
+        }
+        assert_eq!(
+            varint_field(&body[..body.len() - 1], 7),
+            Err(BodyParseError::Truncated)
         );
     }
 

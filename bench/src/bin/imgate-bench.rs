@@ -1,12 +1,14 @@
 //! `imgate-bench SCENARIO [OPTIONS]`: parses the command line and runs the scenario from the
 //! `bench` library. Exit code: 0 after a clean run, 1 when connections failed during it (protocol
-//! errors, KICKs, refusals) or messages were lost, 2 when the run could not be carried out.
+//! errors, KICKs, refusals, timeouts) or messages were lost, 2 when the run could not be carried out.
 
 use std::process::ExitCode;
 
 use bench::chat::{self, ChatArgs};
+use bench::connect::{self, ConnectArgs};
 use bench::coord::RunError;
 use bench::fanout::{self, FanoutArgs};
+use bench::idle::{self, IdleArgs};
 use bench::report::Report;
 use bench::uplink::{self, UplinkArgs};
 use clap::{Parser, Subcommand};
@@ -33,6 +35,11 @@ enum Scenario {
     /// C connections sending SENDs to offline uids; SendResp/s and send → SendResp latency, at
     /// an open-loop --rate or at max with a window per connection.
     Uplink(UplinkArgs),
+    /// Logins/s: rolling bursts of connect, LOGIN, LoginResp, close, at most --concurrency at once.
+    Connect(ConnectArgs),
+    /// N logged-in connections kept alive by heartbeats; the gate's marginal memory per
+    /// connection with --gate-pid.
+    Idle(IdleArgs),
 }
 
 /// Prints the summary and turns it into the exit code.
@@ -65,5 +72,7 @@ fn main() -> ExitCode {
         Scenario::Fanout(args) => finish(fanout::run(&args), args.json),
         Scenario::Chat(args) => finish(chat::run(&args), args.json),
         Scenario::Uplink(args) => finish(uplink::run(&args), args.json),
+        Scenario::Connect(args) => finish(connect::run(&args), args.json),
+        Scenario::Idle(args) => finish(idle::run(&args), args.json),
     }
 }
