@@ -35,6 +35,12 @@ pub const KEPT_ERRORS: usize = 20;
 /// glommio's io_memory per executor: the tool does no file IO, so glommio's floor (the machine's
 /// memlock limit is small: this is pinned three times per executor).
 pub const IO_MEMORY: usize = 64 << 10;
+/// io_uring depth per ring. Not for queueing (the tool keeps few requests in flight): the
+/// kernel sizes a ring's cancel hash table from it (cq entries / 32, at most 256 buckets), and
+/// every executor wake-up cancels a timeout in the ring that also holds one readiness poll per
+/// connection. At glommio's default of 128 that is 8 buckets, so each cancel walked chains of
+/// ~250 polls with 2,000 connections (`io_poll_find` was >10% of the tool's CPU).
+pub const RING_DEPTH: usize = 4096;
 /// How far ahead of "now" the run's start is set, so every sender is waiting for it.
 const START_AHEAD: Duration = Duration::from_millis(20);
 
@@ -381,6 +387,7 @@ pub fn run(
         let handle = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
             .name(&format!("bench-{index}"))
             .io_memory(IO_MEMORY)
+            .ring_depth(RING_DEPTH)
             .spawn(move || exec::run(index, theirs, ack_flush, duration, conns));
         match handle {
             Ok(h) => handles.push(h),

@@ -10,20 +10,25 @@
 //! Pacers here: [`OpenLoop`] (a fixed schedule, stamped with the scheduled times) and
 //! [`Unanswered`] (closed loop: at most `inflight` requests without an answer, stamped when
 //! sent). The fan-out and chat scenarios add their own closed-loop windows.
+//!
+//! A sender owns no timer: it parks in its executor's [`Pace`](crate::pace::Pace) until its
+//! pacer's next due time or the end of the window, whichever is first (one entry per sender,
+//! re-set on each poll without a syscall). When it wakes it writes everything it owes, and any
+//! partial ACK batch, in one write.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Context;
-use std::time::{Duration, Instant};
-
-use glommio::timer::Timer;
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 use crate::coord::{Counts, Phase};
 use crate::exec::{Conn, ConnError, Event, Exec};
 use crate::latency::{Latency, Schedule};
+use crate::pace::PaceSlot;
 
 /// Most sends appended per write.
-const SEND_BATCH: u64 = 256;
+const SEND_BATCH: u64 = 4096;
+/// Bytes after which a write goes out even if more sends are owed (the rest follow at once).
+const WRITE_MAX: usize = 256 * 1024;
 
 /// What a handler gets with the bytes of one read.
 pub struct Received<'a> {
@@ -65,8 +70,14 @@ pub trait Pacer<H: Handler> {
     }
     /// The timestamp of the next message (its scheduled time, or `now_ns`).
     fn stamp(&mut self, now_ns: u64) -> u64;
-    /// Registers a wake-up for when `room` may grow; true if it may have grown already.
+    /// Registers a wake-up for when `room` may grow (other than by the clock: see
+    /// [`Pacer::next_due`]); true if it may have grown already.
     fn poll_room(&mut self, cx: &mut Context<'_>, exec: &Exec, h: &H, now_ns: u64) -> bool;
+    /// When `room` grows by the clock alone (the executor's pacing service wakes the sender
+    /// then); `None` if it never does.
+    fn next_due(&self) -> Option<u64> {
+        None
+    }
     /// `n` messages were just appended (and are about to be written).
     fn sent(&mut self, _n: u64) {}
     /// What this connection just read: deliveries to it, answers to its sends.
@@ -86,15 +97,11 @@ pub trait Pacer<H: Handler> {
 /// stamped with its scheduled time.
 pub struct OpenLoop {
     schedule: Schedule,
-    timer: Option<Timer>,
 }
 
 impl OpenLoop {
     pub fn new(schedule: Schedule) -> Self {
-        Self {
-            schedule,
-            timer: None,
-        }
+        Self { schedule }
     }
 }
 
@@ -107,22 +114,12 @@ impl<H: Handler> Pacer<H> for OpenLoop {
         self.schedule.take()
     }
 
-    fn poll_room(&mut self, cx: &mut Context<'_>, _exec: &Exec, _h: &H, now_ns: u64) -> bool {
-        let Some(next) = self.schedule.next_at() else {
-            return false;
-        };
-        if next <= now_ns {
-            return true;
-        }
-        let wait = Duration::from_nanos(next - now_ns);
-        let timer = match self.timer.as_mut() {
-            Some(timer) => {
-                timer.reset(wait);
-                timer
-            }
-            None => self.timer.insert(Timer::new(wait)),
-        };
-        Pin::new(timer).poll(cx).is_ready()
+    fn poll_room(&mut self, _cx: &mut Context<'_>, _exec: &Exec, _h: &H, now_ns: u64) -> bool {
+        self.schedule.next_at().is_some_and(|next| next <= now_ns)
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        self.schedule.next_at()
     }
 
     fn finished(&self) -> bool {
@@ -200,6 +197,13 @@ impl<H: Handler, W: Pacer<H>> Pacer<H> for Paced<W> {
         match self {
             Self::Open(p) => p.poll_room(cx, exec, h, now_ns),
             Self::Closed(p) => p.poll_room(cx, exec, h, now_ns),
+        }
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        match self {
+            Self::Open(p) => Pacer::<H>::next_due(p),
+            Self::Closed(p) => p.next_due(),
         }
     }
 
@@ -290,7 +294,9 @@ pub async fn receive<H: Handler>(exec: &Exec, conn: &mut Conn, h: &mut H) -> Res
     }
 }
 
-/// Appends `n` sends and writes them: `Ok(false)` when the run is over (the socket was shut).
+/// Appends up to `n` sends (fewer once [`WRITE_MAX`] bytes are buffered) and any partial ACK
+/// batch, and writes them in one go: `Ok(Some(sent))`, or `Ok(None)` when the run is over (the
+/// socket was shut).
 async fn send_batch<H: Handler, P: Pacer<H>>(
     exec: &Exec,
     conn: &mut Conn,
@@ -298,18 +304,39 @@ async fn send_batch<H: Handler, P: Pacer<H>>(
     pacer: &mut P,
     n: u64,
     now_ns: u64,
-) -> Result<bool, ConnError> {
-    for _ in 0..n {
+) -> Result<Option<u64>, ConnError> {
+    let mut sent = 0;
+    while sent < n && (sent == 0 || conn.out.len() < WRITE_MAX) {
         let stamp = pacer.stamp(now_ns);
         h.put_send(&mut conn.out, stamp);
+        sent += 1;
     }
-    exec.stats().add_sent(n);
-    pacer.sent(n);
+    exec.stats().add_sent(sent);
+    pacer.sent(sent);
+    // The write goes anyway: the partial ACK batch rides along instead of waiting for the tick.
+    if h.acks_pending() {
+        h.flush_acks(&mut conn.out);
+        conn.set_acks_pending(false);
+    }
     match conn.flush_out().await {
-        Ok(()) => Ok(true),
-        Err(_) if exec.shared.phase() == Phase::Done => Ok(false),
+        Ok(()) => Ok(Some(sent)),
+        Err(_) if exec.shared.phase() == Phase::Done => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Waits in the executor's pacing service for the run's start: `false` if the run ended first.
+async fn wait_for_start(exec: &Exec, slot: &PaceSlot<'_>) -> bool {
+    poll_fn(|cx| match (exec.shared.phase(), exec.shared.start()) {
+        (Phase::Running, Some(start)) if Instant::now() >= start => Poll::Ready(true),
+        (Phase::Setup | Phase::Running, _) => {
+            // Time 0 is the start: the pacing service wakes everyone then.
+            slot.wait(0, cx.waker());
+            Poll::Pending
+        }
+        _ => Poll::Ready(false),
+    })
+    .await
 }
 
 /// Waits for the start, sends as `pacer` allows until `start + duration`, then reads until the
@@ -320,47 +347,49 @@ pub async fn send<H: Handler, P: Pacer<H>>(
     h: &mut H,
     pacer: &mut P,
 ) -> Result<(), ConnError> {
-    let start = loop {
-        match (exec.shared.phase(), exec.shared.start()) {
-            (Phase::Running, Some(start)) => break start,
-            (Phase::Setup, _) => glommio::timer::sleep(Duration::from_millis(1)).await,
-            _ => return receive(exec, conn, h).await,
-        }
-    };
-    // The start is set a little ahead: nothing is sent (or stamped) before it.
-    glommio::timer::sleep(start.saturating_duration_since(Instant::now())).await;
-    let end = start + exec.duration;
-    let mut end_timer = Timer::new(end.saturating_duration_since(Instant::now()));
+    let slot = exec.pace.slot();
+    if !wait_for_start(exec, &slot).await {
+        drop(slot);
+        return receive(exec, conn, h).await;
+    }
+    let end_ns = u64::try_from(exec.duration.as_nanos()).unwrap_or(u64::MAX);
     loop {
-        let now = Instant::now();
-        let now_ns = exec.ns_since_start(now);
-        if now >= end || exec.shared.phase() != Phase::Running || pacer.finished() {
+        let now_ns = exec.ns_since_start(Instant::now());
+        if now_ns >= end_ns || exec.shared.phase() != Phase::Running || pacer.finished() {
+            drop(slot);
             // What was scheduled before the end still goes, then the connection only reads.
             loop {
                 let n = pacer.backlog(now_ns).min(SEND_BATCH);
                 if n == 0 {
                     break;
                 }
-                if !send_batch(exec, conn, h, pacer, n, now_ns).await? {
+                if send_batch(exec, conn, h, pacer, n, now_ns).await?.is_none() {
                     return Ok(());
                 }
             }
             return receive(exec, conn, h).await;
         }
-        let n = pacer.room(exec, h, now_ns).min(SEND_BATCH);
-        if n >= pacer.min_batch() {
-            if !send_batch(exec, conn, h, pacer, n, now_ns).await? {
+        let room = pacer.room(exec, h, now_ns);
+        if room >= pacer.min_batch() {
+            let Some(sent) = send_batch(exec, conn, h, pacer, room.min(SEND_BATCH), now_ns).await?
+            else {
                 return Ok(());
+            };
+            if sent < room {
+                // A big backlog: let the executor's other connections run between writes.
+                futures_lite::future::yield_now().await;
             }
-            // Let the other connections of this executor read before the next batch.
-            futures_lite::future::yield_now().await;
         }
         let event = conn
             .next_event(exec, h, |cx: &mut Context<'_>, h: &H| {
-                if Pin::new(&mut end_timer).poll(cx).is_ready() {
+                let now_ns = exec.ns_since_start(Instant::now());
+                if now_ns >= end_ns || pacer.poll_room(cx, exec, h, now_ns) {
                     return true;
                 }
-                pacer.poll_room(cx, exec, h, exec.ns_since_start(Instant::now()))
+                // One entry per sender: its next due time, or the end of the window.
+                let due = pacer.next_due().map_or(end_ns, |due| due.min(end_ns));
+                slot.wait(due, cx.waker());
+                false
             })
             .await;
         match settle(exec, conn, h, event).await? {

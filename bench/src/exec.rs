@@ -9,8 +9,10 @@
 //! message.
 //!
 //! The supervisor task is the executor's one periodic timer: every `ack_flush` it asks the
-//! connections holding a partial ACK batch to send it, and at [`Phase::Done`] it shuts every
-//! socket down so the connection tasks see end of stream and return.
+//! connections holding a partial ACK batch to send it, and at [`Phase::Done`] it closes the
+//! pacing service and shuts every socket down so the connection tasks see end of stream and
+//! return. The other timer is the [`Pace`] driver's, which wakes open-loop senders when they are
+//! due (one task and one timer per executor, whatever the number of senders).
 //!
 //! Never shared across threads except through [`Shared`] (atomics): the rest is `Rc`/`Cell`.
 
@@ -32,6 +34,7 @@ use glommio::net::TcpStream;
 use crate::coord::{Counts, Phase, Shared, SpawnConns, Stats};
 use crate::drive::{Handler, Received};
 use crate::latency::Latency;
+use crate::pace::Pace;
 
 /// Bytes of the executor's read buffer (also the most one `recv` asks for).
 const READ_BUF: usize = 256 * 1024;
@@ -120,6 +123,8 @@ pub struct Exec {
     conns: RefCell<Vec<Rc<ConnCtl>>>,
     senders_waiting: RefCell<Vec<Waker>>,
     latency: RefCell<Latency>,
+    /// Wakes senders at their due times (open-loop schedule, end of the window).
+    pub pace: Pace,
 }
 
 impl Exec {
@@ -314,7 +319,12 @@ pub async fn run(
         conns: RefCell::new(Vec::new()),
         senders_waiting: RefCell::new(Vec::new()),
         latency: RefCell::new(Latency::new()),
+        pace: Pace::default(),
     });
+    let driver = {
+        let exec = Rc::clone(&exec);
+        glommio::spawn_local(async move { exec.pace.drive(&exec.shared).await })
+    };
     let tasks = spawn(&exec);
     let tick = ack_flush;
     while exec.shared.phase() != Phase::Done {
@@ -328,6 +338,7 @@ pub async fn run(
             }
         }
     }
+    exec.pace.close();
     for ctl in exec.conns.borrow().iter() {
         let fd = ctl.fd.get();
         if fd >= 0 {
@@ -341,6 +352,7 @@ pub async fn run(
         for task in tasks {
             task.await;
         }
+        driver.await;
         Ok(())
     })
     .await;

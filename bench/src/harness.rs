@@ -120,6 +120,7 @@ where
         let spawned = LocalExecutorBuilder::new(Placement::Fixed(*cpu))
             .name(&format!("bench-{index}"))
             .io_memory(IO_MEMORY)
+            .ring_depth(crate::coord::RING_DEPTH)
             .spawn(task(index));
         match spawned {
             Ok(h) => handles.push(h),

@@ -13,6 +13,8 @@
 //! - [`coord`]: the run's phases driven from the calling thread, and what crosses threads.
 //! - [`exec`]: one glommio executor per core and the connection shell (batched reads, ACK flush).
 //! - [`drive`]: the send and receive loops, and the pacers (open loop, closed-loop windows).
+//! - [`pace`]: one pacing service per executor that wakes senders at their due times (its queue
+//!   is sans-IO).
 //! - [`gate_conn`], [`nats_conn`]: the per-connection protocol handlers of the two targets.
 //! - [`report`]: what every summary shares.
 //!
@@ -41,6 +43,7 @@ pub mod link;
 pub mod login;
 pub mod nats;
 pub mod nats_conn;
+pub mod pace;
 pub mod procstat;
 pub mod report;
 pub mod sources;
