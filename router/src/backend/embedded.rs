@@ -161,6 +161,8 @@ impl EmbeddedShard {
     fn run(&self, partition: PartitionId, input: Input) {
         let mut work = VecDeque::from([(partition, input)]);
         let mut out = Vec::new();
+        // One clock reading for the whole cascade: it is one logical step of the backend.
+        let now = now_ms();
         while let Some((partition, input)) = work.pop_front() {
             {
                 let mut partitions = self.partitions.borrow_mut();
@@ -174,7 +176,7 @@ impl EmbeddedShard {
                     );
                     continue;
                 };
-                p.handle(input, now_ms(), &mut out);
+                p.handle(input, now, &mut out);
             }
             for output in out.drain(..) {
                 match output {
@@ -207,6 +209,11 @@ impl EmbeddedShard {
 
     /// One Deliver per gate shard, naming only that shard's recipients.
     fn deliver(&self, d: link::Deliver) {
+        if let Some(shard) = self.single_shard(&d.recipients) {
+            // Every recipient on one shard (always so with one shard): no copy, no split.
+            self.downlink_to(shard, Downlink::Deliver(d));
+            return;
+        }
         for (shard, recipients) in self.split(&d.recipients) {
             let part = link::Deliver {
                 msg: d.msg.clone(),
@@ -243,6 +250,17 @@ impl EmbeddedShard {
             };
             self.downlink_to(shard, Downlink::ReadReceipt(part));
         }
+    }
+
+    /// The shard of every uid in `uids`, if they all live on one.
+    fn single_shard(&self, uids: &[u64]) -> Option<u32> {
+        if self.shards == 1 {
+            return Some(0);
+        }
+        let first = gate_shard_of(*uids.first()?, self.shards);
+        uids.iter()
+            .all(|&uid| gate_shard_of(uid, self.shards) == first)
+            .then_some(first)
     }
 
     fn split(&self, uids: &[u64]) -> Vec<(u32, Vec<u64>)> {

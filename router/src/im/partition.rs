@@ -688,6 +688,14 @@ fn user_conv(conv: &Conv, key: ConvKey, uid: u64) -> link::UserConv {
 
 /// One `InboxSet` per user partition, entries in uid order.
 fn inbox_set(entries: Vec<link::UserConv>, partitions: u32, out: &mut Vec<Output>) {
+    if let [entry] = entries.as_slice() {
+        // The usual case (a READ): no grouping to do.
+        out.push(Output::ToPartition {
+            partition: partition_of_user(entry.uid, partitions),
+            input: Input::InboxSet { entries },
+        });
+        return;
+    }
     let mut by_partition: BTreeMap<PartitionId, Vec<link::UserConv>> = BTreeMap::new();
     for entry in entries {
         by_partition
