@@ -6,11 +6,7 @@ pub mod idmap;
 pub mod im;
 pub mod jwt;
 
-/// Link messages generated from `router/proto/link.proto`.
-#[allow(clippy::all, missing_docs)]
-pub mod link {
-    include!(concat!(env!("OUT_DIR"), "/imgate.link.v1.rs"));
-}
+pub mod link;
 
 /// Result codes shared with the client protocol (PROTOCOL.md "Codes").
 pub mod code {

@@ -446,6 +446,7 @@ impl Conn {
                 session_id,
                 online: true,
                 platform: req.platform,
+                since_ms: u64::try_from(unix_now().as_millis()).unwrap_or(u64::MAX),
             });
         }
         let settings = &shard.settings;
@@ -562,6 +563,7 @@ impl Conn {
                     session_id: who.session_id,
                     online: false,
                     platform: 0,
+                    since_ms: 0,
                 });
             }
         }
