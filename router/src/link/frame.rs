@@ -43,7 +43,9 @@ pub enum LinkError {
     Refused { code: u32, reason: String },
     #[error("nothing received for {ms} ms")]
     Silent { ms: u64 },
-    #[error("link closed by the peer")]
+    #[error("the peer broke the protocol: {0}")]
+    Unexpected(&'static str),
+    #[error("link closed")]
     Closed,
     #[error("link i/o: {0}")]
     Io(#[from] std::io::Error),
