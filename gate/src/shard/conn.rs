@@ -48,7 +48,7 @@ use crate::delivery::TimerId;
 use crate::protocol::pb::{LoginReq, LoginResp};
 use crate::protocol::{Code, Frame, FrameDecoder, KickReason, MsgType, cmd, encode_frame};
 use crate::session::{Action, CloseWhy, ConnSession, LoggedIn, TokenBucket};
-use router::backend::{Backend, Origin, Request, Unavailable};
+use router::backend::{Origin, Request, Unavailable};
 
 /// Largest single read from the fd beyond what the current frame needs.
 const READ_CHUNK: usize = 4096;

@@ -93,6 +93,7 @@ struct LinkEntry {
 pub struct HubStats {
     pub links: usize,
     pub online_users: usize,
+    pub sessions: usize,
     pub duplicate_kicks: u64,
 }
 
@@ -106,6 +107,8 @@ pub struct Hub<S> {
     next_link: LinkId,
     routes: HashMap<u64, Vec<Route>>,
     duplicate_kicks: u64,
+    /// Routes held (online sessions over all gates).
+    sessions: usize,
     scratch: Vec<Output>,
     out: Vec<Out>,
 }
@@ -121,6 +124,7 @@ impl<S: Service> Hub<S> {
             next_link: 1,
             routes: HashMap::new(),
             duplicate_kicks: 0,
+            sessions: 0,
             scratch: Vec::new(),
             out: Vec::new(),
         }
@@ -143,6 +147,7 @@ impl<S: Service> Hub<S> {
         HubStats {
             links: self.links.len(),
             online_users: self.routes.len(),
+            sessions: self.sessions,
             duplicate_kicks: self.duplicate_kicks,
         }
     }
@@ -213,6 +218,7 @@ impl<S: Service> Hub<S> {
             });
             !routes.is_empty()
         });
+        self.sessions -= gone.len();
         for (uid, device_id, session_id) in gone {
             let presence = link::Presence {
                 uid,
@@ -330,6 +336,7 @@ impl<S: Service> Hub<S> {
                 }
             }
             if admit {
+                self.sessions += 1;
                 routes.push(Route {
                     link,
                     gate: entry.gate,
@@ -346,6 +353,7 @@ impl<S: Service> Hub<S> {
         if routes.is_empty() {
             self.routes.remove(&p.uid);
         }
+        self.sessions -= offline.len();
         for (gate, session_id) in offline {
             let gone = link::Presence {
                 uid: p.uid,

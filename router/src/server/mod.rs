@@ -19,6 +19,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,6 +41,23 @@ use crate::link::{LinkMsg, Welcome};
 /// How long a new connection has to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Counters of a running router.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterStats {
+    /// Gate links up.
+    pub links: usize,
+    /// Online sessions over all gates (routes).
+    pub sessions: usize,
+}
+
+/// Counters the router thread publishes for other threads (relaxed atomics, off the hot path:
+/// written once per flush).
+#[derive(Debug, Default)]
+struct PublishedStats {
+    links: AtomicUsize,
+    sessions: AtomicUsize,
+}
+
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -53,6 +72,7 @@ pub enum StartError {
 
 /// A running router. Dropping it stops it: listeners and every link close.
 pub struct RouterHandle {
+    stats: Arc<PublishedStats>,
     link_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     stop: std::os::unix::net::UnixStream,
@@ -70,6 +90,14 @@ impl RouterHandle {
         self.http_addr
     }
 
+    /// The router's counters as last published by its thread.
+    pub fn stats(&self) -> RouterStats {
+        RouterStats {
+            links: self.stats.links.load(Ordering::Relaxed),
+            sessions: self.stats.sessions.load(Ordering::Relaxed),
+        }
+    }
+
     /// Closes the listeners and every link, and waits for the router thread to exit.
     pub fn stop(self) {}
 }
@@ -83,10 +111,27 @@ impl Drop for RouterHandle {
     }
 }
 
+/// How long a starting router waits for its address to be released.
+const BIND_PATIENCE: Duration = Duration::from_secs(3);
+
 fn bind(addr: SocketAddr) -> Result<(OwnedFd, SocketAddr), StartError> {
-    // std sets SO_REUSEADDR, so a restarted router binds its port again at once.
-    let listener =
-        std::net::TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })?;
+    // std sets SO_REUSEADDR, so connections of a previous router do not hold the port. Its
+    // listening socket may: an io_uring accept in flight keeps it open until the kernel tears the
+    // old ring down, which it does asynchronously after the old executor (or process) ended. So
+    // an address in use is retried for a few seconds before it is an error.
+    let deadline = std::time::Instant::now() + BIND_PATIENCE;
+    let listener = loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(listener) => break listener,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(source) => return Err(StartError::Listen { addr, source }),
+        }
+    };
     let local = listener
         .local_addr()
         .map_err(|source| StartError::Listen { addr, source })?;
@@ -119,6 +164,8 @@ where
         .map_err(|e| StartError::Executor(format!("stop socket: {e}")))?;
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let stop_theirs = OwnedFd::from(stop_theirs);
+    let stats = Arc::new(PublishedStats::default());
+    let published = Arc::clone(&stats);
     let thread = LocalExecutorBuilder::new(Placement::Unbound)
         .name("imgate-router")
         .io_memory(settings.io_memory)
@@ -129,6 +176,7 @@ where
                 hub: RefCell::new(Hub::new(service)),
                 links: RefCell::default(),
                 http: http::Waiters::default(),
+                published,
             });
             // SAFETY: the fds are ours alone; the glommio wrappers take over closing them.
             let listener = unsafe { TcpListener::from_raw_fd(link_fd.into_raw_fd()) };
@@ -160,6 +208,7 @@ where
         .map_err(|_| StartError::Executor("the router thread did not start".into()))?;
     tracing::info!(link = %link_addr, http = ?http_addr, "router accepting");
     Ok(RouterHandle {
+        stats,
         link_addr,
         http_addr,
         stop,
@@ -193,12 +242,20 @@ pub(crate) struct Server<S> {
     pub hub: RefCell<Hub<S>>,
     links: RefCell<HashMap<LinkId, Rc<LinkQueue>>>,
     pub http: http::Waiters,
+    published: Arc<PublishedStats>,
 }
 
 impl<S: Service> Server<S> {
     /// Carries out what the hub asked for.
     pub fn flush(&self) {
-        let outs: Vec<Out> = self.hub.borrow_mut().drain().collect();
+        let (outs, stats) = {
+            let mut hub = self.hub.borrow_mut();
+            (hub.drain().collect::<Vec<Out>>(), hub.stats())
+        };
+        self.published.links.store(stats.links, Ordering::Relaxed);
+        self.published
+            .sessions
+            .store(stats.sessions, Ordering::Relaxed);
         if outs.is_empty() {
             return;
         }

@@ -5,8 +5,8 @@
 use std::collections::VecDeque;
 
 use crate::im::{
-    ImConfig, Input, Origin, Output, Partition, PartitionId, Reply, Request, partition_of_user,
-    route, route_presence,
+    ImConfig, Input, Origin, Output, Partition, PartitionId, Request, partition_of_user, route,
+    route_presence,
 };
 use crate::link;
 
@@ -89,33 +89,5 @@ impl Service for ReferenceIm {
     fn report(&mut self, report: link::DeliveryReport, now_ms: u64, out: &mut Vec<Output>) {
         let partition = partition_of_user(report.uid, self.count);
         self.run(partition, Input::Report(report), now_ms, out);
-    }
-}
-
-/// A reply of the kind `request` expects, carrying `code` (BACKEND_UNAVAILABLE, ...).
-pub fn refusal_for(request: &Request, code: u32, message: &str) -> Reply {
-    let message = message.to_string();
-    match request {
-        Request::Login(_) => Reply::Login(link::LoginResult { code, message }),
-        Request::Send(_) => Reply::Send(link::SendResult {
-            code,
-            message,
-            ..Default::default()
-        }),
-        Request::Pull(_) => Reply::Pull(link::PullResult {
-            code,
-            message,
-            ..Default::default()
-        }),
-        Request::Read(_) => Reply::Read(link::ReadResult { code, message }),
-        Request::Sync(_) => Reply::Sync(link::SyncResult {
-            code,
-            ..Default::default()
-        }),
-        Request::Biz(_) => Reply::Biz(link::BizResult {
-            code,
-            message,
-            ..Default::default()
-        }),
     }
 }
