@@ -89,6 +89,8 @@ pub struct BackendConfig {
     pub push_threshold: u32,
     pub auth_secret: String,
     pub queue: usize,
+    pub max_inflight: usize,
+    pub timeout_ms: u64,
 }
 
 impl Default for BackendConfig {
@@ -101,6 +103,8 @@ impl Default for BackendConfig {
             push_threshold: 200,
             auth_secret: String::new(),
             queue: 4096,
+            max_inflight: 4096,
+            timeout_ms: 5000,
         }
     }
 }
@@ -339,6 +343,16 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "capacity of each cross-shard backend channel; when full, requests get BACKEND_UNAVAILABLE",
     ),
     (
+        "backend.max_inflight",
+        "4096",
+        "remote: requests one shard's link may have waiting for an answer; past it BACKEND_UNAVAILABLE",
+    ),
+    (
+        "backend.timeout_ms",
+        "5000",
+        "remote: a request unanswered this long gets BACKEND_UNAVAILABLE (as do all in flight when the link drops)",
+    ),
+    (
         "auth.mode",
         "\"dev\"",
         "\"dev\" (any token, loopback only) | \"jwt\" (HS256 with auth.secret) | \"backend\"",
@@ -575,10 +589,21 @@ impl Config {
         }
         let b = &self.backend;
         if b.kind == BackendKind::Remote {
-            return Err(invalid(
-                "backend.kind",
-                "\"remote\" needs the link client, which this build does not have yet; use \"embedded\"",
-            ));
+            if b.addr.is_empty() {
+                return Err(invalid(
+                    "backend.addr",
+                    "required with backend.kind = \"remote\" (host:port of the backend's link)",
+                ));
+            }
+            if b.max_inflight == 0 {
+                return Err(invalid("backend.max_inflight", "must be at least 1"));
+            }
+            if !(10..=600_000).contains(&b.timeout_ms) {
+                return Err(invalid(
+                    "backend.timeout_ms",
+                    "must be between 10 and 600000",
+                ));
+            }
         }
         if !(1..=1024).contains(&b.partitions) {
             return Err(invalid("backend.partitions", "must be between 1 and 1024"));

@@ -1,16 +1,15 @@
-//! The backend side of imgate: the link protocol (`link`), the reference IM logic (`im`) that
-//! the embedded backend runs inside the gate's shards, and (later) the router binary.
+//! The backend side of imgate: the link protocol (`link`), the `Backend` trait and its embedded
+//! and remote plug-ins (`backend`), the reference IM logic (`im`), and the link server
+//! (`server`) the `router` binary runs for many gates.
 
 pub mod backend;
+pub mod config;
 pub mod idmap;
 pub mod im;
 pub mod jwt;
 
-/// Link messages generated from `router/proto/link.proto`.
-#[allow(clippy::all, missing_docs)]
-pub mod link {
-    include!(concat!(env!("OUT_DIR"), "/imgate.link.v1.rs"));
-}
+pub mod link;
+pub mod server;
 
 /// Result codes shared with the client protocol (PROTOCOL.md "Codes").
 pub mod code {

@@ -83,6 +83,13 @@ impl<C: Copy + PartialEq> Registry<C> {
     }
 
     /// Every logged-in device of `uid`.
+    /// Every (uid, device session), in no particular order (presence resync).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &DeviceSession<C>)> + '_ {
+        self.users
+            .iter()
+            .flat_map(|(&uid, devices)| devices.iter().map(move |d| (uid, d)))
+    }
+
     pub fn devices(&self, uid: u64) -> &[DeviceSession<C>] {
         self.users.get(&uid).map_or(&[], Vec::as_slice)
     }

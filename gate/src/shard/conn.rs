@@ -48,7 +48,7 @@ use crate::delivery::TimerId;
 use crate::protocol::pb::{LoginReq, LoginResp};
 use crate::protocol::{Code, Frame, FrameDecoder, KickReason, MsgType, cmd, encode_frame};
 use crate::session::{Action, CloseWhy, ConnSession, LoggedIn, TokenBucket};
-use router::backend::{Backend, Origin, Request, Unavailable};
+use router::backend::{Origin, Request, Unavailable};
 
 /// Largest single read from the fd beyond what the current frame needs.
 const READ_CHUNK: usize = 4096;
@@ -446,6 +446,7 @@ impl Conn {
                 session_id,
                 online: true,
                 platform: req.platform,
+                since_ms: u64::try_from(unix_now().as_millis()).unwrap_or(u64::MAX),
             });
         }
         let settings = &shard.settings;
@@ -562,6 +563,7 @@ impl Conn {
                     session_id: who.session_id,
                     online: false,
                     platform: 0,
+                    since_ms: 0,
                 });
             }
         }

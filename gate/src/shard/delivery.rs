@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use router::backend::Backend;
 use router::link;
 
 use super::state::{ConnKey, ConnShared, Shard, TimerKey};

@@ -146,6 +146,7 @@ impl GateSink for Shard {
                     .devices(k.uid)
                     .iter()
                     .filter(|d| k.device_id.is_empty() || *d.device_id == *k.device_id)
+                    .filter(|d| k.session_id == 0 || d.session_id == k.session_id)
                     .map(|d| d.conn)
                     .collect();
                 drop(registry);

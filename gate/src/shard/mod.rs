@@ -6,7 +6,8 @@
 //! session, vectored writes), `handoff` (fd moves between shards), `timer` (the shard's one
 //! runtime timer over its wheel), `state` (what a shard owns), `io` (raw socket calls),
 //! `uplink` (client requests → link requests), `downlink` (the shard as its backend's sink:
-//! answers and pushes → frames). Shards share nothing; they talk only through bounded meshes:
+//! answers and pushes → frames), `remote` (the shard's own link when `backend.kind = "remote"`).
+//! Shards share nothing; they talk only through bounded meshes:
 //! the hand-off mesh here and the embedded backend's own (`router::backend::embedded`).
 
 mod conn;
@@ -15,6 +16,7 @@ mod downlink;
 mod handoff;
 mod io;
 mod listener;
+mod remote;
 mod state;
 mod timer;
 mod uplink;
@@ -30,7 +32,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use router::backend::embedded;
 
-use crate::config::Settings;
+use crate::config::{BackendKind, Settings};
 use crate::protocol::KickReason;
 pub use delivery::DeliveryObserver;
 use handoff::Handoff;
@@ -146,6 +148,7 @@ pub fn start_observed(
     let count = settings.shards.get();
     let mesh: MeshBuilder<Handoff, _> = MeshBuilder::full(count, settings.handoff_queue.get());
     let backend_mesh = embedded::mesh(count, settings.backend.queue);
+    let embedded_backend = settings.backend.kind == BackendKind::Embedded;
     let cpus = allowed_cpus();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut shards = Vec::with_capacity(count);
@@ -162,7 +165,7 @@ pub fn start_observed(
             listen_fd,
             stop: OwnedFd::from(stop_theirs),
             mesh: (count > 1).then(|| mesh.clone()),
-            backend_mesh: (count > 1).then(|| backend_mesh.clone()),
+            backend_mesh: (count > 1 && embedded_backend).then(|| backend_mesh.clone()),
             stats: Arc::clone(&stats),
             observer: observer.clone(),
             ready: ready_tx.clone(),
@@ -287,21 +290,36 @@ async fn run_shard(ctx: ShardStart) {
             }
         }
         let sink: std::rc::Weak<dyn router::backend::GateSink> = Rc::downgrade(&shard) as _;
-        let im = router::im::ImConfig {
-            partitions: shard.settings.backend.partitions,
-            push_threshold: shard.settings.backend.push_threshold,
-            dedup_window_ms: DEDUP_WINDOW_MS,
-            auth_secret: shard.settings.backend.auth_secret.clone().into_bytes(),
-        };
-        match embedded::EmbeddedShard::start(shard.index, shard.shards, im, ctx.backend_mesh, sink)
-            .await
-        {
-            Ok(backend) => {
+        match shard.settings.backend.kind {
+            BackendKind::Remote => {
+                // This shard's own link to backend.addr (connects in the background).
+                let backend = remote::start(&shard, sink);
                 let _ = shard.backend.set(backend);
             }
-            Err(reason) => {
-                let _ = ctx.ready.send(Err(reason));
-                return;
+            BackendKind::Embedded => {
+                let im = router::im::ImConfig {
+                    partitions: shard.settings.backend.partitions,
+                    push_threshold: shard.settings.backend.push_threshold,
+                    dedup_window_ms: DEDUP_WINDOW_MS,
+                    auth_secret: shard.settings.backend.auth_secret.clone().into_bytes(),
+                };
+                let started = embedded::EmbeddedShard::start(
+                    shard.index,
+                    shard.shards,
+                    im,
+                    ctx.backend_mesh,
+                    sink,
+                )
+                .await;
+                match started {
+                    Ok(backend) => {
+                        let _ = shard.backend.set(backend);
+                    }
+                    Err(reason) => {
+                        let _ = ctx.ready.send(Err(reason));
+                        return;
+                    }
+                }
             }
         }
         glommio::spawn_local(timer::run_timer(Rc::clone(&shard))).detach();

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use glommio::channels::channel_mesh::Senders;
-use router::backend::embedded::EmbeddedShard;
+use router::backend::Backend;
 
 use super::ShardStats;
 use super::delivery::{DeliveryObserver, ShardDelivery};
@@ -280,7 +280,7 @@ pub(crate) struct Shard {
     timer_armed_at: Cell<Option<Instant>>,
     pub handoff: OnceCell<Senders<Handoff>>,
     /// This shard's handle on the backend (set once at start, before accepting).
-    pub backend: OnceCell<Rc<EmbeddedShard>>,
+    pub backend: OnceCell<Rc<dyn Backend>>,
     next_session: Cell<u64>,
     pub stopping: Cell<bool>,
     /// Unsent bytes queued on all of this shard's connections.

@@ -3,10 +3,11 @@
 //! A shard talks to its backend only in link messages (`crate::link`), through [`Backend`]:
 //! requests go in with an [`Origin`] and are answered later through the shard's [`GateSink`];
 //! the backend pushes downlink ([`Downlink`]) through the same sink. Which plug-in serves the
-//! shard (embedded now, remote later) is hidden behind the trait. Both sides are shard-local
+//! shard (embedded or remote) is hidden behind the trait. Both sides are shard-local
 //! (`!Send`): one `Backend` per shard, one `GateSink` per shard.
 
 pub mod embedded;
+pub mod remote;
 
 pub use crate::im::{Origin, Reply, Request};
 use crate::link;

@@ -1,0 +1,93 @@
+//! What runs behind the link server: a [`Service`] takes the gates' requests and events and
+//! emits answers and downlink. The reference IM backend ([`ReferenceIm`]) is one; an existing
+//! Rust backend embeds the link server by implementing the trait.
+
+use std::collections::VecDeque;
+
+use crate::im::{
+    ImConfig, Input, Origin, Output, Partition, PartitionId, Request, partition_of_user, route,
+    route_presence,
+};
+use crate::link;
+
+/// What the link server hands to its backend logic, on the server's thread. Session ids here
+/// are *router-wide* (the hub makes them unique across gates); echo them as they are.
+pub trait Service {
+    /// A request from a gate (or from the HTTP API). Answer with an [`Output::Reply`] naming
+    /// `origin`, now or later through [`crate::server::Hub::emit`].
+    fn request(&mut self, origin: Origin, request: Request, now_ms: u64, out: &mut Vec<Output>);
+    /// A session came online or went offline.
+    fn presence(&mut self, presence: link::Presence, now_ms: u64, out: &mut Vec<Output>);
+    /// PUSHes delivered or given up on by a gate.
+    fn report(&mut self, report: link::DeliveryReport, now_ms: u64, out: &mut Vec<Output>);
+}
+
+/// The reference IM logic (`crate::im`) with every partition in this thread: the same code the
+/// embedded backend runs inside the gate's shards.
+pub struct ReferenceIm {
+    partitions: Vec<Partition>,
+    count: u32,
+    work: VecDeque<(PartitionId, Input)>,
+    scratch: Vec<Output>,
+}
+
+impl ReferenceIm {
+    pub fn new(config: ImConfig) -> Self {
+        let count = config.partitions.max(1);
+        Self {
+            partitions: (0..count)
+                .map(|p| Partition::new(p, config.clone()))
+                .collect(),
+            count,
+            work: VecDeque::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Runs `input` and every hop between partitions it leads to (in emission order: the FIFO
+    /// per pair of partitions the IM logic relies on); whatever leaves the backend goes to `out`.
+    fn run(&mut self, partition: PartitionId, input: Input, now_ms: u64, out: &mut Vec<Output>) {
+        self.work.push_back((partition, input));
+        while let Some((partition, input)) = self.work.pop_front() {
+            let Some(p) = self.partitions.get_mut(partition as usize) else {
+                tracing::error!(partition, "input for a partition that does not exist");
+                continue;
+            };
+            p.handle(input, now_ms, &mut self.scratch);
+            for output in self.scratch.drain(..) {
+                match output {
+                    Output::ToPartition { partition, input } => {
+                        self.work.push_back((partition, input))
+                    }
+                    other => out.push(other),
+                }
+            }
+        }
+    }
+
+    /// Online sessions the IM logic knows for `uid` (router-wide ids).
+    pub fn online_sessions(&self, uid: u64) -> Vec<u64> {
+        let p = partition_of_user(uid, self.count) as usize;
+        self.partitions
+            .get(p)
+            .map(|p| p.online_sessions(uid).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Service for ReferenceIm {
+    fn request(&mut self, origin: Origin, request: Request, now_ms: u64, out: &mut Vec<Output>) {
+        let partition = route(&request, self.count);
+        self.run(partition, Input::Request { origin, request }, now_ms, out);
+    }
+
+    fn presence(&mut self, presence: link::Presence, now_ms: u64, out: &mut Vec<Output>) {
+        let partition = route_presence(&presence, self.count);
+        self.run(partition, Input::Presence(presence), now_ms, out);
+    }
+
+    fn report(&mut self, report: link::DeliveryReport, now_ms: u64, out: &mut Vec<Output>) {
+        let partition = partition_of_user(report.uid, self.count);
+        self.run(partition, Input::Report(report), now_ms, out);
+    }
+}
