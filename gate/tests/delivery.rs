@@ -64,6 +64,22 @@ impl Ledger {
         self.inner.lock().unwrap().clone()
     }
 
+    /// Whether every push of `session` has been reported (delivered or undelivered).
+    fn settled(&self, session: u64) -> bool {
+        let books = self.books();
+        let reported = |id: &u64| {
+            books.delivered.contains_key(&(session, *id))
+                || books.undelivered.contains_key(&(session, *id))
+        };
+        let mut pushed = books
+            .pushed
+            .keys()
+            .filter(|(s, _)| *s == session)
+            .map(|(_, id)| id)
+            .peekable();
+        pushed.peek().is_some() && pushed.all(reported)
+    }
+
     /// Waits until every push of `session` is reported, then checks conservation for it:
     /// pushed = delivered ∪ undelivered, disjoint, each reported once, nothing reported that
     /// was not pushed. Returns (delivered, undelivered) ids.
@@ -182,6 +198,24 @@ fn read_pushes(
     }
 }
 
+/// Reads PUSHes (the client answers the gate's PINGs on the way) until `done()` holds after a
+/// quiet spell of 100 ms, or `within` has passed: the session keeps answering its delivery
+/// probe for as long as the gate may still send one, however slow the machine is.
+fn read_pushes_until(
+    client: &mut Client,
+    within: Duration,
+    mut on_push: impl FnMut(&mut Client, pb::PushMsg),
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        read_pushes(client, Duration::from_millis(100), &mut on_push);
+        if done() {
+            return;
+        }
+    }
+}
+
 #[test]
 fn with_30_percent_of_acks_dropped_every_push_ends_delivered_or_undelivered() {
     let (gate, ledger) = gate_with_ledger(fast_retries);
@@ -193,17 +227,23 @@ fn with_30_percent_of_acks_dropped_every_push_ends_delivered_or_undelivered() {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut seen = HashSet::new();
     let mut acked = HashSet::new();
-    read_pushes(&mut bob, Duration::from_millis(1500), |client, push| {
-        if seen.insert(push.msg_id) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            if x % 10 < 7 {
-                acked.insert(push.msg_id);
-                ack(client, &[push.msg_id]);
+    let session = bob_login.session_id;
+    read_pushes_until(
+        &mut bob,
+        WAIT,
+        |client, push| {
+            if seen.insert(push.msg_id) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if x % 10 < 7 {
+                    acked.insert(push.msg_id);
+                    ack(client, &[push.msg_id]);
+                }
             }
-        }
-    });
+        },
+        || ledger.settled(session),
+    );
     assert_eq!(
         seen.len(),
         sent.len(),
@@ -229,9 +269,13 @@ fn a_client_that_answers_pings_but_never_acks_gets_everything_reported_undeliver
     let (mut bob, bob_login) = gate.login(b, "d");
     let sent = send_many(&mut alice, b, 50);
     let mut copies = HashMap::<u64, u32>::new();
-    read_pushes(&mut bob, Duration::from_millis(1500), |_, push| {
-        *copies.entry(push.msg_id).or_default() += 1
-    });
+    let session = bob_login.session_id;
+    read_pushes_until(
+        &mut bob,
+        WAIT,
+        |_, push| *copies.entry(push.msg_id).or_default() += 1,
+        || ledger.settled(session),
+    );
     // First send plus max_retries resends, for every message.
     assert!(
         sent.iter().all(|id| copies.get(id) == Some(&3)),
