@@ -150,3 +150,22 @@ fn owner_shard_is_stable_and_spreads_uids() {
     assert!(per_shard.iter().all(|&n| n > 300), "{per_shard:?}");
     assert_eq!(shard_of_session(0x1234_5400 | 0x3FF), 0x3FF);
 }
+
+#[test]
+fn a_second_gate_on_a_port_already_listened_on_is_refused_not_shared() {
+    let first = TestGate::start();
+    let taken = first.addr();
+    let mut config = gate::config::Config::from_toml("").expect("empty config parses");
+    config.gate.listen = taken.to_string();
+    config.gate.shards = 1;
+    let settings = config.validate().expect("valid");
+    let err = match gate::shard::start(settings) {
+        Ok(_) => panic!("a second gate bound {taken} alongside the first (SO_REUSEPORT)"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("already in use"), "{err}");
+    // The first gate still serves.
+    let (_client, resp) = first.login(7_000_001, "d");
+    assert_eq!(resp.code, 0);
+    first.stop();
+}

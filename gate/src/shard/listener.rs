@@ -30,6 +30,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// One listening socket per shard, all on one address. Returns them and the bound address.
 pub(crate) fn bind_all(settings: &Settings) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
     let mut addr = settings.listen;
+    if addr.port() != 0 {
+        ensure_port_free(addr).map_err(|source| StartError::Listen { addr, source })?;
+    }
     let mut fds = Vec::with_capacity(settings.shards.get());
     for _ in 0..settings.shards.get() {
         let socket = bind_one(addr, settings.listen_backlog)
@@ -40,6 +43,24 @@ pub(crate) fn bind_all(settings: &Settings) -> Result<(Vec<OwnedFd>, SocketAddr)
         fds.push(OwnedFd::from(socket));
     }
     Ok((fds, addr))
+}
+
+/// Refuses an address something else already listens on. The shards bind with SO_REUSEPORT,
+/// which would otherwise let a second gate (or any process of the same user) started on the
+/// same port by mistake silently take a share of the new connections. A probe bound *without*
+/// SO_REUSEPORT fails where any listener exists, and is closed before the shards bind.
+fn ensure_port_free(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // SO_REUSEADDR only: connections of an earlier run in TIME_WAIT must not block a restart.
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "address already in use by another listener (another gate?); \
+             refusing to share it through SO_REUSEPORT",
+        )),
+        other => other,
+    }
 }
 
 fn bind_one(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
