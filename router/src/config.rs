@@ -27,6 +27,10 @@ pub struct RouterConfig {
     pub id: String,
     pub listen: String,
     pub http_listen: String,
+    pub http_max_body: usize,
+    pub http_timeout_ms: u32,
+    pub http_max_conns: usize,
+    pub client_max_frame: usize,
     pub max_frame: usize,
     pub heartbeat_ms: u32,
     pub link_queue: usize,
@@ -39,6 +43,10 @@ impl Default for RouterConfig {
             id: String::new(),
             listen: "127.0.0.1:7100".into(),
             http_listen: "127.0.0.1:7180".into(),
+            http_max_body: 1 << 20,
+            http_timeout_ms: 10_000,
+            http_max_conns: 64,
+            client_max_frame: 65_536,
             max_frame: DEFAULT_MAX_FRAME,
             heartbeat_ms: 1000,
             link_queue: 65_536,
@@ -84,6 +92,26 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "router.http_listen",
         "\"127.0.0.1:7180\"",
         "the HTTP API address (POST /push, POST /kick, GET /online); \"\" = off",
+    ),
+    (
+        "router.http_max_body",
+        "1048576",
+        "largest HTTP request body, bytes (larger: 413); headers are capped at 8 KiB (431)",
+    ),
+    (
+        "router.http_timeout_ms",
+        "10000",
+        "a request's head and body must arrive within this (else 408 and close); also the keep-alive idle limit and the wait for the backend's answer (504)",
+    ),
+    (
+        "router.http_max_conns",
+        "64",
+        "HTTP connections at once; more are answered 503 and closed",
+    ),
+    (
+        "router.client_max_frame",
+        "65536",
+        "the gates' gate.max_frame: a POST /push whose PUSH or BIZ_PUSH would be larger gets 413",
     ),
     (
         "router.max_frame",
@@ -157,12 +185,26 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Bounds of the HTTP API.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    pub max_head: usize,
+    pub max_body: usize,
+    pub timeout: Duration,
+    pub max_conns: usize,
+    pub client_max_frame: usize,
+}
+
+/// Request line and headers of one HTTP request, bytes.
+pub const HTTP_MAX_HEAD: usize = 8 * 1024;
+
 /// Validated settings the router runs with.
 #[derive(Debug, Clone)]
 pub struct RouterSettings {
     pub id: String,
     pub listen: SocketAddr,
     pub http_listen: Option<SocketAddr>,
+    pub http: HttpSettings,
     pub max_frame: usize,
     pub heartbeat: Duration,
     pub link_queue: usize,
@@ -220,6 +262,30 @@ impl Config {
                 "must be between 64 and 65536",
             ));
         }
+        if !(1024..=(64 << 20)).contains(&r.http_max_body) {
+            return Err(invalid(
+                "router.http_max_body",
+                "must be between 1024 and 67108864 bytes",
+            ));
+        }
+        if !(100..=600_000).contains(&r.http_timeout_ms) {
+            return Err(invalid(
+                "router.http_timeout_ms",
+                "must be between 100 and 600000",
+            ));
+        }
+        if !(1..=10_000).contains(&r.http_max_conns) {
+            return Err(invalid(
+                "router.http_max_conns",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1024..=(16 << 20)).contains(&r.client_max_frame) {
+            return Err(invalid(
+                "router.client_max_frame",
+                "must be between 1024 and 16777216 (gate.max_frame's range)",
+            ));
+        }
         let b = &self.backend;
         if !(1..=1024).contains(&b.partitions) {
             return Err(invalid("backend.partitions", "must be between 1 and 1024"));
@@ -232,6 +298,13 @@ impl Config {
             },
             listen,
             http_listen,
+            http: HttpSettings {
+                max_head: HTTP_MAX_HEAD,
+                max_body: r.http_max_body,
+                timeout: Duration::from_millis(u64::from(r.http_timeout_ms)),
+                max_conns: r.http_max_conns,
+                client_max_frame: r.client_max_frame,
+            },
             max_frame: r.max_frame,
             heartbeat: Duration::from_millis(u64::from(r.heartbeat_ms)),
             link_queue: r.link_queue,

@@ -1,6 +1,6 @@
 //! The shard as its backend's [`GateSink`]: answers to requests become response frames on the
-//! asking connection; downlink (deliver, notify, read receipts, kicks) becomes frames on every
-//! session of the named users that live on this shard.
+//! asking connection; downlink (deliver, notify, read receipts, kicks, BIZ_PUSH) becomes frames
+//! on every session of the named users that live on this shard.
 //!
 //! Encode once, share everywhere: a PUSH is encoded once per point of view (a single chat has
 //! two: the recipient sees `conv_id = from`, the sender's other devices `conv_id = to`; a group
@@ -16,7 +16,8 @@ use router::link;
 use super::state::{ConnKey, ConnShared, Shard};
 use crate::delivery::ConvRef;
 use crate::protocol::pb::{
-    BizResp, ConvUpdate, PullResp, PushMsg, ReadReceipt, Result as ResultBody, SendResp, SyncResp,
+    BizPush, BizResp, ConvUpdate, PullResp, PushMsg, ReadReceipt, Result as ResultBody, SendResp,
+    SyncResp,
 };
 use crate::protocol::{Code, KickReason, MsgType, cmd, encode_frame};
 
@@ -154,6 +155,7 @@ impl GateSink for Shard {
                     self.kick(key, reason);
                 }
             }
+            Downlink::BizPush(b) => self.biz_push(b),
         }
     }
 }
@@ -185,6 +187,27 @@ impl Shard {
             self.each_session(uid, d.exclude_session, |conn| {
                 self.push_tracked(conn, msg.msg_id, conv, frame, now)
             });
+        }
+    }
+
+    /// BIZ_PUSH: encoded once, queued to every session of the recipients on this shard. Not
+    /// tracked (no ACK, no resend): it is not stored, like PROTOCOL.md's other notifies.
+    fn biz_push(&self, b: link::BizPushUsers) {
+        let body = BizPush {
+            topic: b.topic,
+            payload: b.payload,
+        };
+        if body.encoded_len() > self.settings.max_frame as usize {
+            tracing::warn!(
+                topic = %body.topic,
+                len = body.encoded_len(),
+                "BIZ_PUSH above gate.max_frame dropped"
+            );
+            return;
+        }
+        let frame = encode_frame(cmd::BIZ_PUSH, MsgType::Notify, 0, 0, &body);
+        for &uid in &b.recipients {
+            self.each_session(uid, 0, |conn| self.queue(conn, frame.clone()));
         }
     }
 

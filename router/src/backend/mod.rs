@@ -25,6 +25,7 @@ pub enum Downlink {
     Notify(link::NotifyUsers),
     ReadReceipt(link::ReadReceiptOut),
     Kick(link::KickUser),
+    BizPush(link::BizPushUsers),
 }
 
 /// What a gate shard offers its backend: answers and downlink land here, on the shard's own

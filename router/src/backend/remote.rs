@@ -223,6 +223,7 @@ impl RemoteShard {
             Body::Notify(n) => Downlink::Notify(n),
             Body::ReadReceipt(r) => Downlink::ReadReceipt(r),
             Body::Kick(k) => Downlink::Kick(k),
+            Body::BizPush(b) => Downlink::BizPush(b),
             Body::Welcome(_) | Body::Refused(_) | Body::Hello(_) => {
                 return Err(LinkError::Unexpected(
                     "a handshake message after the handshake",

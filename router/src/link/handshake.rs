@@ -1,14 +1,18 @@
 //! The link handshake, sans-IO: the gate's first frame holds a [`Hello`]; the backend answers
 //! with a [`Welcome`] or a [`Refused`] (and closes). Version 1 accepts only version 1; the
-//! capability bits both sides share are the ones in force (version 1 defines none).
+//! capability bits both sides share are the ones in force ([`CAP_BIZ_PUSH`]).
 
 use super::link_msg::Body;
 use super::{Batch, Hello, LinkError, LinkMsg, Refused, Welcome};
 
 /// The link protocol version this build speaks.
 pub const VERSION: u32 = 1;
-/// The optional features this build supports (none yet).
-pub const CAPABILITIES: u64 = 0;
+/// Capability bit: the gate handles `BizPushUsers` downlink (BIZ_PUSH frames to its clients).
+/// A backend sends it only on links whose Welcome granted the bit: an older gate would close
+/// the link on a message it cannot decode.
+pub const CAP_BIZ_PUSH: u64 = 1;
+/// The optional features this build supports.
+pub const CAPABILITIES: u64 = CAP_BIZ_PUSH;
 /// Bounds on the heartbeat interval a side may announce, ms.
 pub const MIN_HEARTBEAT_MS: u32 = 100;
 pub const MAX_HEARTBEAT_MS: u32 = 60_000;

@@ -7,7 +7,7 @@ pub mod handshake;
 pub mod io;
 
 pub use frame::{FrameDecoder, FrameEncoder, LinkError};
-pub use handshake::{CAPABILITIES, RefuseCode, VERSION};
+pub use handshake::{CAP_BIZ_PUSH, CAPABILITIES, RefuseCode, VERSION};
 
 #[allow(clippy::all, missing_docs)]
 mod generated {

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::service::Service;
 use crate::im::{Origin, Output, Reply, Request};
-use crate::link::handshake::{Refusal, RefuseCode};
+use crate::link::handshake::{CAP_BIZ_PUSH, CAPABILITIES, Refusal, RefuseCode};
 use crate::link::link_msg::Body;
 use crate::link::{self, Hello, LinkMsg};
 
@@ -86,6 +86,18 @@ pub struct Route {
 struct LinkEntry {
     gate: u32,
     shard: u32,
+    /// The capability bits in force on this link (the Hello's, within [`CAPABILITIES`]).
+    capabilities: u64,
+}
+
+/// A message the router stores itself (HTTP `POST /push`) and PUSHes to `recipients` rather
+/// than to the conversation's members: the SEND it was submitted as, until its answer.
+#[derive(Debug, Clone)]
+struct LocalPush {
+    /// `Origin::conn` of the submitted SEND.
+    conn: u64,
+    send: link::Send,
+    recipients: Vec<u64>,
 }
 
 /// Counters, for logs and the HTTP API.
@@ -109,6 +121,8 @@ pub struct Hub<S> {
     duplicate_kicks: u64,
     /// Routes held (online sessions over all gates).
     sessions: usize,
+    /// Local pushes waiting for their answer (few: one per HTTP request in flight).
+    local_pushes: Vec<LocalPush>,
     scratch: Vec<Output>,
     out: Vec<Out>,
 }
@@ -125,6 +139,7 @@ impl<S: Service> Hub<S> {
             routes: HashMap::new(),
             duplicate_kicks: 0,
             sessions: 0,
+            local_pushes: Vec::new(),
             scratch: Vec::new(),
             out: Vec::new(),
         }
@@ -188,6 +203,7 @@ impl<S: Service> Hub<S> {
             LinkEntry {
                 gate,
                 shard: hello.shard,
+                capabilities: hello.capabilities & CAPABILITIES,
             },
         );
         Ok(link)
@@ -281,7 +297,11 @@ impl<S: Service> Hub<S> {
             | Body::ReadResult(_)
             | Body::SyncResult(_)
             | Body::BizResult(_) => return Err(HubError::Unexpected("answer")),
-            Body::Deliver(_) | Body::Notify(_) | Body::ReadReceipt(_) | Body::Kick(_) => {
+            Body::Deliver(_)
+            | Body::Notify(_)
+            | Body::ReadReceipt(_)
+            | Body::Kick(_)
+            | Body::BizPush(_) => {
                 return Err(HubError::Unexpected("downlink"));
             }
             // Requests were taken above.
@@ -375,6 +395,61 @@ impl<S: Service> Hub<S> {
         self.dispatch();
     }
 
+    /// A message from the router itself (HTTP `POST /push`), stored like a SEND (`send`, with
+    /// `origin.shard` = [`LOCAL_ORIGIN`]) and PUSHed to `recipients` instead of the
+    /// conversation's members. The service's own `Deliver` of it (matched by `from` and
+    /// `client_msg_id`, emitted before its answer as the reference logic does) is dropped; when
+    /// the answer is OK, a `Deliver` to `recipients` goes out in its place with the stored
+    /// `msg_id` (same [`Hub::drain`]), and the answer comes back as [`Out::Local`]. The store's other effects (history
+    /// for PULL, unread counts for SYNC) are the SEND's.
+    pub fn submit_push(
+        &mut self,
+        origin: Origin,
+        send: link::Send,
+        recipients: Vec<u64>,
+        now_ms: u64,
+    ) {
+        self.local_pushes.push(LocalPush {
+            conn: origin.conn,
+            send: send.clone(),
+            recipients,
+        });
+        self.service
+            .request(origin, Request::Send(send), now_ms, &mut self.scratch);
+        self.dispatch();
+    }
+
+    /// Forgets a local push whose answer is no longer awaited (its HTTP request timed out).
+    pub fn cancel_push(&mut self, conn: u64) {
+        self.local_pushes.retain(|p| p.conn != conn);
+    }
+
+    /// BIZ_PUSH `topic` and `payload` to every session of `recipients` (not stored). Goes only
+    /// to links that granted [`CAP_BIZ_PUSH`]; returns (links sent to, links skipped for lack
+    /// of it).
+    pub fn biz_push(&mut self, push: link::BizPushUsers) -> (usize, usize) {
+        let (mut sent, mut skipped) = (0, 0);
+        for (link, recipients) in self.split(&push.recipients) {
+            let capable = self
+                .links
+                .get(&link)
+                .is_some_and(|e| e.capabilities & CAP_BIZ_PUSH != 0);
+            if !capable {
+                skipped += 1;
+                continue;
+            }
+            sent += 1;
+            let part = link::BizPushUsers {
+                topic: push.topic.clone(),
+                payload: push.payload.clone(),
+                recipients,
+            };
+            self.out
+                .push(Out::Link(link, LinkMsg::event(Body::BizPush(part))));
+        }
+        (sent, skipped)
+    }
+
     /// Outputs a [`Service`] produced outside a call of the hub (an asynchronous backend).
     pub fn emit(&mut self, outputs: impl IntoIterator<Item = Output>) {
         self.scratch.extend(outputs);
@@ -404,11 +479,50 @@ impl<S: Service> Hub<S> {
     /// Sends what the service emitted to the links that hold the recipients: one message per
     /// link, naming only that link's users.
     fn dispatch(&mut self) {
-        let outputs = std::mem::take(&mut self.scratch);
+        while !self.scratch.is_empty() {
+            let outputs = std::mem::take(&mut self.scratch);
+            self.dispatch_once(outputs);
+        }
+    }
+
+    fn dispatch_once(&mut self, outputs: Vec<Output>) {
         for output in outputs {
             match output {
+                Output::Deliver(d)
+                    if d.msg.as_ref().is_some_and(|m| {
+                        self.local_pushes.iter().any(|p| {
+                            p.send.from == m.from && p.send.client_msg_id == m.client_msg_id
+                        })
+                    }) =>
+                {
+                    // A local push's conversation fan-out: replaced by its own recipients.
+                }
                 Output::Reply { origin, reply } => {
                     if origin.shard == LOCAL_ORIGIN {
+                        if let Some(i) =
+                            self.local_pushes.iter().position(|p| p.conn == origin.conn)
+                        {
+                            let push = self.local_pushes.swap_remove(i);
+                            if let Reply::Send(r) = &reply
+                                && r.code == crate::code::OK
+                            {
+                                let s = push.send;
+                                self.scratch.push(Output::Deliver(link::Deliver {
+                                    msg: Some(link::Msg {
+                                        msg_id: r.msg_id,
+                                        conv_type: s.conv_type,
+                                        from: s.from,
+                                        to: s.to,
+                                        content_type: s.content_type,
+                                        body: s.body,
+                                        server_time_ms: r.server_time_ms,
+                                        client_msg_id: s.client_msg_id,
+                                    }),
+                                    recipients: push.recipients,
+                                    exclude_session: 0,
+                                }));
+                            }
+                        }
                         self.out.push(Out::Local { origin, reply });
                     } else if self.links.contains_key(&origin.shard) {
                         let msg = LinkMsg::request(origin.conn, reply.into_body());
@@ -545,7 +659,7 @@ mod tests {
             gate_id: gate.into(),
             shard,
             shards: 2,
-            capabilities: 0,
+            capabilities: CAPABILITIES,
             heartbeat_ms: 1000,
             max_frame: 4 << 20,
         }
@@ -703,6 +817,79 @@ mod tests {
         no_id.request_id = 0;
         assert_eq!(hub.input(a, no_id, T0), Err(HubError::NoRequestId));
         assert_eq!(hub.input(a, LinkMsg::default(), T0), Err(HubError::Empty));
+    }
+
+    #[test]
+    fn a_local_push_is_stored_in_its_conversation_but_pushed_to_its_recipients_only() {
+        let mut hub = hub();
+        let a = hub.open(&hello("g1", 0), T0).expect("open");
+        hub.input(a, online(2, "pc", 1025, T0), T0).expect("ok");
+        hub.input(a, online(3, "pc", 2049, T0), T0).expect("ok");
+        hub.drain().for_each(drop);
+        let origin = Origin {
+            shard: LOCAL_ORIGIN,
+            conn: 9,
+            seq: 0,
+            log_id: 0,
+        };
+        let send = link::Send {
+            from: 1,
+            client_msg_id: 77,
+            conv_type: conv::SINGLE,
+            to: 2,
+            content_type: 1,
+            body: bytes::Bytes::from_static(b"hi"),
+            session_id: 0,
+            log_id: 0,
+        };
+        hub.submit_push(origin, send, vec![3], T0);
+        let out: Vec<Out> = hub.drain().collect();
+        let delivers: Vec<&link::Deliver> = sent_to(&out, a)
+            .into_iter()
+            .filter_map(|b| match b {
+                Body::Deliver(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        let Some(Out::Local {
+            origin: answered,
+            reply: Reply::Send(r),
+        }) = out.iter().find(|o| matches!(o, Out::Local { .. }))
+        else {
+            panic!("no local answer: {out:?}")
+        };
+        assert_eq!((answered.conn, r.code), (9, code::OK));
+        // Only the recipient named, not the conversation's member 2.
+        assert_eq!(delivers.len(), 1, "{out:?}");
+        assert_eq!(delivers[0].recipients, [3]);
+        assert_eq!(delivers[0].msg.as_ref().map(|m| m.msg_id), Some(r.msg_id));
+        assert!(hub.local_pushes.is_empty());
+    }
+
+    #[test]
+    fn biz_push_goes_only_to_links_that_granted_the_capability() {
+        let mut hub = hub();
+        let a = hub.open(&hello("g1", 0), T0).expect("open");
+        let old = Hello {
+            capabilities: 0,
+            ..hello("g2", 0)
+        };
+        let b = hub.open(&old, T0).expect("open");
+        hub.input(a, online(5, "pc", 1025, T0), T0).expect("ok");
+        hub.input(b, online(5, "phone", 1025, T0), T0).expect("ok");
+        hub.drain().for_each(drop);
+        let push = link::BizPushUsers {
+            topic: "t".into(),
+            payload: bytes::Bytes::from_static(b"p"),
+            recipients: vec![5, 6],
+        };
+        assert_eq!(hub.biz_push(push), (1, 1));
+        let out: Vec<Out> = hub.drain().collect();
+        assert!(
+            matches!(&out[..], [Out::Link(l, m)] if *l == a
+                && matches!(&m.body, Some(Body::BizPush(p)) if p.recipients == [5])),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -175,7 +175,7 @@ where
                 settings,
                 hub: RefCell::new(Hub::new(service)),
                 links: RefCell::default(),
-                http: http::Waiters::default(),
+                http: http::HttpState::default(),
                 published,
             });
             // SAFETY: the fds are ours alone; the glommio wrappers take over closing them.
@@ -241,7 +241,7 @@ pub(crate) struct Server<S> {
     pub settings: RouterSettings,
     pub hub: RefCell<Hub<S>>,
     links: RefCell<HashMap<LinkId, Rc<LinkQueue>>>,
-    pub http: http::Waiters,
+    pub http: http::HttpState,
     published: Arc<PublishedStats>,
 }
 
