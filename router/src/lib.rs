@@ -7,6 +7,7 @@ pub mod config;
 pub mod idmap;
 pub mod im;
 pub mod jwt;
+pub mod log;
 
 pub mod link;
 pub mod server;
