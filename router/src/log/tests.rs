@@ -1,0 +1,304 @@
+//! File-level tests of the log in temp dirs, and a randomized test against an in-memory model.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// A temp dir under `std::env::temp_dir()`, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("imgate-log-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// xorshift64*: deterministic randomness without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+type Seen = Vec<(u64, u64, u8, Vec<u8>)>;
+
+fn opts(segment_bytes: u64) -> Options {
+    Options {
+        segment_bytes,
+        ..Options::default()
+    }
+}
+
+fn open(dir: &Path, o: Options) -> (Log, Recovery, Seen) {
+    let mut seen = Vec::new();
+    let (log, rec) = Log::open(dir, o, |r| {
+        seen.push((r.seq, r.ts_ms, r.kind, r.payload.to_vec()))
+    })
+    .expect("open");
+    (log, rec, seen)
+}
+
+fn payload(seq: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64 ^ seq.wrapping_mul(31)) as u8)
+        .collect()
+}
+
+fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(segment_name(base))
+}
+
+#[test]
+fn appended_records_read_back_after_reopen() {
+    let tmp = TempDir::new("reopen");
+    let (mut log, rec, seen) = open(tmp.path(), opts(1 << 16));
+    assert_eq!((rec.records, seen.len(), log.next_seq()), (0, 0, 1));
+    for i in 0..100u64 {
+        let seq = log
+            .append(kind::MESSAGE, 1_000 + i, &payload(i + 1, i as usize))
+            .expect("append");
+        assert_eq!(seq, i + 1);
+    }
+    log.sync().expect("sync");
+    drop(log);
+    let (log, rec, seen) = open(tmp.path(), opts(1 << 16));
+    assert_eq!(rec.records, 100);
+    assert!(rec.corrupt.is_empty() && rec.torn.is_empty());
+    for (i, (seq, ts, kind, p)) in seen.iter().enumerate() {
+        let i = i as u64;
+        assert_eq!((*seq, *ts, *kind), (i + 1, 1_000 + i, kind::MESSAGE));
+        assert_eq!(p, &payload(i + 1, i as usize));
+    }
+    assert_eq!(log.next_seq(), 101);
+}
+
+#[test]
+fn segments_roll_at_their_size_and_are_named_by_first_seq() {
+    let tmp = TempDir::new("roll");
+    let (mut log, _, _) = open(tmp.path(), opts(4096));
+    for i in 1..=200u64 {
+        log.append(kind::MESSAGE, i, &payload(i, 100))
+            .expect("append");
+    }
+    let segs: Vec<SegmentInfo> = log.segments().cloned().collect();
+    assert!(segs.len() > 5, "{} segments", segs.len());
+    assert_eq!(segs[0].base_seq, 1);
+    for pair in segs.windows(2) {
+        assert_eq!(pair[0].last_seq.map(|s| s + 1), Some(pair[1].base_seq));
+        assert!(segs[0].bytes <= 4096);
+        assert!(segment_path(tmp.path(), pair[1].base_seq).exists());
+    }
+    drop(log);
+    let (log, rec, seen) = open(tmp.path(), opts(4096));
+    assert_eq!(rec.segments, segs.len());
+    assert_eq!(
+        seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (1..=200).collect::<Vec<_>>()
+    );
+    assert_eq!(log.next_seq(), 201);
+}
+
+#[test]
+fn a_record_too_large_or_of_kind_zero_is_refused() {
+    let tmp = TempDir::new("large");
+    let (mut log, _, _) = open(tmp.path(), opts(4096));
+    let max = log.max_payload();
+    assert!(matches!(
+        log.append(1, 0, &vec![0; max + 1]),
+        Err(LogError::TooLarge { .. })
+    ));
+    assert!(matches!(log.append(0, 0, b"x"), Err(LogError::ZeroKind)));
+    assert_eq!(log.append(1, 0, &vec![7; max]).expect("max fits"), 1);
+    assert_eq!(log.append(1, 0, &vec![7; max]).expect("rolls"), 2);
+}
+
+#[test]
+fn torn_tail_at_every_byte_of_the_last_record_is_truncated() {
+    let tmp = TempDir::new("torn");
+    let last_len = 40usize;
+    let (mut log, _, _) = open(tmp.path(), opts(4096));
+    for i in 1..=4u64 {
+        log.append(kind::CURSOR, i, &payload(i, 24))
+            .expect("append");
+    }
+    drop(log);
+    let path = segment_path(tmp.path(), 1);
+    let clean = std::fs::read(&path).expect("read");
+    let start = SEGMENT_HEADER + 4 * record_len(24);
+    // The full bytes of a fifth record, written into a scratch log.
+    let mut fifth = vec![0u8; record_len(last_len)];
+    record::encode_into(
+        &Record {
+            seq: 5,
+            ts_ms: 5,
+            kind: kind::CURSOR,
+            payload: &payload(5, last_len),
+        },
+        &mut fifth,
+    );
+    for cut in 0..fifth.len() {
+        let mut bytes = clean.clone();
+        bytes[start..start + cut].copy_from_slice(&fifth[..cut]);
+        std::fs::write(&path, &bytes).expect("write");
+        let (mut log, rec, seen) = open(tmp.path(), opts(4096));
+        assert_eq!(seen.len(), 4, "cut {cut}");
+        assert!(rec.corrupt.is_empty(), "cut {cut}");
+        assert_eq!(
+            rec.torn.len(),
+            usize::from(fifth[..cut].iter().any(|&b| b != 0)),
+            "cut {cut}"
+        );
+        assert_eq!(log.next_seq(), 5, "cut {cut}");
+        // The next append lands where the torn record was, and reads back.
+        log.append(kind::CURSOR, 9, b"after").expect("append");
+        drop(log);
+        let (_, rec, seen) = open(tmp.path(), opts(4096));
+        assert!(rec.torn.is_empty() && rec.corrupt.is_empty(), "cut {cut}");
+        assert_eq!(
+            seen.last().map(|s| (s.0, s.3.clone())),
+            Some((5, b"after".to_vec()))
+        );
+    }
+    // The whole record present: five records.
+    let mut bytes = clean;
+    bytes[start..start + fifth.len()].copy_from_slice(&fifth);
+    std::fs::write(&path, &bytes).expect("write");
+    let (_, _, seen) = open(tmp.path(), opts(4096));
+    assert_eq!(seen.len(), 5);
+}
+
+#[test]
+fn flipped_byte_mid_segment_is_reported_skipped_and_the_rest_loaded() {
+    let tmp = TempDir::new("flip");
+    let (mut log, _, _) = open(tmp.path(), opts(1 << 16));
+    for i in 1..=50u64 {
+        log.append(kind::MESSAGE, i, &payload(i, 64))
+            .expect("append");
+    }
+    drop(log);
+    let path = segment_path(tmp.path(), 1);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let rl = record_len(64);
+    bytes[SEGMENT_HEADER + 19 * rl + 40] ^= 0x55; // payload of seq 20
+    bytes[SEGMENT_HEADER + 29 * rl + 3] ^= 0x55; // header of seq 30
+    std::fs::write(&path, &bytes).expect("write");
+    let (mut log, rec, seen) = open(tmp.path(), opts(1 << 16));
+    let seqs: Vec<u64> = seen.iter().map(|s| s.0).collect();
+    let want: Vec<u64> = (1..=50).filter(|s| *s != 20 && *s != 30).collect();
+    assert_eq!(seqs, want);
+    assert_eq!(rec.corrupt.len(), 2);
+    assert_eq!(rec.corrupt[0].seq, Some(20));
+    assert_eq!(rec.corrupt[0].offset, (SEGMENT_HEADER + 19 * rl) as u64);
+    assert_eq!(rec.corrupt[1].seq, None);
+    assert_eq!(log.next_seq(), 51);
+    assert_eq!(log.append(kind::MESSAGE, 0, b"x").expect("append"), 51);
+}
+
+#[test]
+fn sync_deadline_follows_the_policy() {
+    let tmp = TempDir::new("sync");
+    for (sync, want) in [
+        (Sync::Always, Some(100)),
+        (Sync::Interval(50), Some(150)),
+        (Sync::Os, None),
+    ] {
+        let dir = tmp.path().join(format!("{sync:?}"));
+        let (mut log, _) = Log::open(&dir, Options { sync, ..opts(4096) }, |_| {}).expect("open");
+        assert_eq!(log.sync_deadline(), None);
+        log.append(1, 100, b"a").expect("append");
+        log.append(1, 120, b"b").expect("append");
+        assert_eq!(log.sync_deadline(), want, "{sync:?}");
+        log.sync().expect("sync");
+        assert_eq!(log.sync_deadline(), None);
+    }
+}
+
+/// Random appends, reopens and torn tails against a model: the list of records the
+/// log must replay.
+#[test]
+fn randomized_operations_match_an_in_memory_model() {
+    for seed in 1..=6u64 {
+        let tmp = TempDir::new("model");
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let o = opts(4096);
+        let (mut log, _, _) = open(tmp.path(), o.clone());
+        let mut model: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        let mut now = 0u64;
+        for step in 0..400 {
+            now += rng.below(20);
+            match rng.below(20) {
+                0 => {
+                    drop(log);
+                    let (l, rec, seen) = open(tmp.path(), o.clone());
+                    assert!(rec.corrupt.is_empty(), "seed {seed} step {step}");
+                    let got: Vec<_> = seen.into_iter().map(|s| (s.0, s.1, s.3)).collect();
+                    assert_eq!(got, model, "seed {seed} step {step}");
+                    log = l;
+                }
+                1 => {
+                    // A torn write after the last record: random non-zero bytes, then reopen.
+                    let active = log.segments().last().cloned().expect("active");
+                    let used = SEGMENT_HEADER
+                        + model
+                            .iter()
+                            .filter(|m| m.0 >= active.base_seq)
+                            .map(|m| record_len(m.2.len()))
+                            .sum::<usize>();
+                    drop(log);
+                    let path = segment_path(tmp.path(), active.base_seq);
+                    let mut bytes = std::fs::read(&path).expect("read");
+                    let n = (rng.below(60) as usize).min(bytes.len() - used);
+                    for b in &mut bytes[used..used + n] {
+                        *b = rng.below(255) as u8 + 1;
+                    }
+                    std::fs::write(&path, &bytes).expect("write");
+                    let (l, rec, seen) = open(tmp.path(), o.clone());
+                    assert!(rec.corrupt.is_empty(), "seed {seed} step {step}");
+                    assert_eq!(
+                        rec.torn.len(),
+                        usize::from(n > 0),
+                        "seed {seed} step {step}"
+                    );
+                    assert_eq!(seen.len(), model.len(), "seed {seed} step {step}");
+                    log = l;
+                }
+                _ => {
+                    let len = rng.below(300) as usize;
+                    let p = payload(rng.next(), len);
+                    let seq = log.append(kind::MESSAGE, now, &p).expect("append");
+                    assert_eq!(Some(seq), model.last().map(|m| m.0 + 1).or(Some(seq)));
+                    model.push((seq, now, p));
+                }
+            }
+        }
+        drop(log);
+        let (_, _, seen) = open(tmp.path(), o);
+        let got: Vec<_> = seen.into_iter().map(|s| (s.0, s.1, s.3)).collect();
+        assert_eq!(got, model, "seed {seed}");
+    }
+}
