@@ -79,6 +79,14 @@
 //! it was (a half-created segment file is removed) and the next append tries again, so writes
 //! resume when space returns. [`Options::space_limit`] caps the bytes the log may reserve: a
 //! quota, and the fault-injection hook the tests use to simulate ENOSPC without root.
+//!
+//! # Retention
+//!
+//! [`Log::retain`] drops whole sealed segments (never the active one), oldest first, that are
+//! older than `max_age_ms` (by their newest record's `ts_ms`) or while the log is above
+//! `max_bytes` — except those the caller's predicate keeps (segments holding cursors in use or
+//! dedup entries younger than 24 h). Dropping a middle segment leaves a gap in the sequence
+//! numbers; replay does not mind.
 
 mod record;
 mod segment;
@@ -140,6 +148,15 @@ impl Default for Options {
 
 /// Smallest allowed [`Options::segment_bytes`].
 pub const MIN_SEGMENT_BYTES: u64 = 4096;
+
+/// What [`Log::retain`] may drop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep the log's files at or below this many bytes (the active segment always stays).
+    pub max_bytes: Option<u64>,
+    /// Drop segments whose newest record is older than this.
+    pub max_age_ms: Option<u64>,
+}
 
 /// One segment as retention sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -435,6 +452,39 @@ impl Log {
         info.bytes = old.file_len();
         self.sealed.push(info);
         Ok(())
+    }
+
+    /// Drops sealed segments by `policy` at `now_ms`, oldest first, unless `keep` says a
+    /// segment must stay. Returns what was dropped. A failed removal stops there with an error;
+    /// the segments before it are gone, the rest stay listed.
+    pub fn retain(
+        &mut self,
+        now_ms: u64,
+        policy: &Retention,
+        mut keep: impl FnMut(&SegmentInfo) -> bool,
+    ) -> Result<Vec<SegmentInfo>, LogError> {
+        let mut total = self.disk_bytes();
+        let mut dropped = Vec::new();
+        let mut i = 0;
+        while i < self.sealed.len() {
+            let info = &self.sealed[i];
+            let over = policy.max_bytes.is_some_and(|max| total > max);
+            let old = policy
+                .max_age_ms
+                .is_some_and(|age| now_ms.saturating_sub(info.newest_ms) > age);
+            if (over || old) && !keep(info) {
+                let path = self.dir.join(segment_name(info.base_seq));
+                fs::remove_file(&path).map_err(LogError::io("remove", &path))?;
+                total -= info.bytes;
+                dropped.push(self.sealed.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if !dropped.is_empty() && self.opts.sync != Sync::Os {
+            segment::sync_dir(&self.dir)?;
+        }
+        Ok(dropped)
     }
 
     /// The sequence number the next append gets.

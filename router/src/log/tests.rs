@@ -220,6 +220,91 @@ fn flipped_byte_mid_segment_is_reported_skipped_and_the_rest_loaded() {
 }
 
 #[test]
+fn retention_drops_old_and_oversized_segments_unless_kept() {
+    let tmp = TempDir::new("retain");
+    let (mut log, _, _) = open(tmp.path(), opts(4096));
+    for i in 1..=300u64 {
+        log.append(kind::MESSAGE, i * 10, &payload(i, 100))
+            .expect("append");
+    }
+    let before: Vec<SegmentInfo> = log.segments().cloned().collect();
+    let n = before.len();
+    assert!(n >= 6);
+    // Age: segments whose newest record is older than now - 1000 go, except the second.
+    let now = before[3].newest_ms + 1000;
+    let keep_base = before[1].base_seq;
+    let policy = Retention {
+        max_age_ms: Some(1000),
+        max_bytes: None,
+    };
+    let dropped = log
+        .retain(now, &policy, |s| s.base_seq == keep_base)
+        .expect("retain");
+    assert_eq!(
+        dropped.iter().map(|s| s.base_seq).collect::<Vec<_>>(),
+        vec![before[0].base_seq, before[2].base_seq]
+    );
+    assert!(!segment_path(tmp.path(), before[0].base_seq).exists());
+    assert!(segment_path(tmp.path(), keep_base).exists());
+    // Size: down to the budget, oldest first; the active segment stays.
+    let policy = Retention {
+        max_bytes: Some(0),
+        max_age_ms: None,
+    };
+    log.retain(now, &policy, |_| false).expect("retain");
+    assert_eq!(log.segments().count(), 1);
+    assert_eq!(log.disk_bytes(), 4096);
+    drop(log);
+    let (log, rec, seen) = open(tmp.path(), opts(4096));
+    assert_eq!(rec.segments, 1);
+    assert_eq!(seen.first().map(|s| s.0), before.last().map(|s| s.base_seq));
+    assert_eq!(log.next_seq(), 301);
+}
+
+#[test]
+fn a_full_disk_fails_appends_without_harm_and_they_resume_when_space_returns() {
+    let tmp = TempDir::new("enospc");
+    let o = Options {
+        space_limit: Some(2 * 4096),
+        ..opts(4096)
+    };
+    let (mut log, _, _) = open(tmp.path(), o.clone());
+    let mut acked = Vec::new();
+    let mut failed = 0;
+    for i in 1..=120u64 {
+        match log.append(kind::MESSAGE, i, &payload(i, 100)) {
+            Ok(seq) => acked.push(seq),
+            Err(e) => {
+                assert!(e.is_no_space(), "{e}");
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 0 && !acked.is_empty());
+    assert_eq!(
+        acked,
+        (1..=acked.len() as u64).collect::<Vec<_>>(),
+        "no seq burnt by a failure"
+    );
+    assert!(log.disk_bytes() <= 2 * 4096);
+    // Reopen while still full: consistent, every acknowledged record there.
+    drop(log);
+    let (mut log, rec, seen) = open(tmp.path(), o);
+    assert!(rec.corrupt.is_empty() && rec.torn.is_empty());
+    assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), acked);
+    assert!(log.append(kind::MESSAGE, 0, &payload(0, 100)).is_err());
+    // Space returns.
+    log.set_space_limit(None);
+    let next = log
+        .append(kind::MESSAGE, 0, b"back")
+        .expect("append after space returns");
+    assert_eq!(next, acked.len() as u64 + 1);
+    drop(log);
+    let (_, _, seen) = open(tmp.path(), opts(4096));
+    assert_eq!(seen.last().map(|s| s.0), Some(next));
+}
+
+#[test]
 fn sync_deadline_follows_the_policy() {
     let tmp = TempDir::new("sync");
     for (sync, want) in [
@@ -238,7 +323,7 @@ fn sync_deadline_follows_the_policy() {
     }
 }
 
-/// Random appends, reopens and torn tails against a model: the list of records the
+/// Random appends, reopens, torn tails and retention against a model: the list of records the
 /// log must replay.
 #[test]
 fn randomized_operations_match_an_in_memory_model() {
@@ -256,6 +341,10 @@ fn randomized_operations_match_an_in_memory_model() {
                     drop(log);
                     let (l, rec, seen) = open(tmp.path(), o.clone());
                     assert!(rec.corrupt.is_empty(), "seed {seed} step {step}");
+                    assert!(
+                        rec.torn.is_empty(),
+                        "truncated tails stay gone: seed {seed} step {step}"
+                    );
                     let got: Vec<_> = seen.into_iter().map(|s| (s.0, s.1, s.3)).collect();
                     assert_eq!(got, model, "seed {seed} step {step}");
                     log = l;
@@ -287,6 +376,20 @@ fn randomized_operations_match_an_in_memory_model() {
                     assert_eq!(seen.len(), model.len(), "seed {seed} step {step}");
                     log = l;
                 }
+                2 => {
+                    let budget = rng.below(5 * 4096);
+                    let policy = Retention {
+                        max_bytes: Some(budget),
+                        max_age_ms: Some(rng.below(2000)),
+                    };
+                    let keep_odd = rng.below(2) == 0;
+                    let dropped = log
+                        .retain(now, &policy, |s| keep_odd && s.base_seq % 2 == 1)
+                        .expect("retain");
+                    for s in dropped {
+                        model.retain(|m| !(s.base_seq..=s.last_seq.unwrap_or(0)).contains(&m.0));
+                    }
+                }
                 _ => {
                     let len = rng.below(300) as usize;
                     let p = payload(rng.next(), len);
@@ -301,4 +404,39 @@ fn randomized_operations_match_an_in_memory_model() {
         let got: Vec<_> = seen.into_iter().map(|s| (s.0, s.1, s.3)).collect();
         assert_eq!(got, model, "seed {seed}");
     }
+}
+
+#[test]
+fn an_empty_active_segment_grows_in_place_instead_of_rolling() {
+    let tmp = TempDir::new("grow");
+    let small = Options {
+        space_limit: Some(4096),
+        ..opts(4096)
+    };
+    let (log, _, _) = open(tmp.path(), small);
+    drop(log);
+    // Reopened with larger segments but no room to grow: the empty 4 KiB segment stays.
+    let (mut log, _, _) = open(
+        tmp.path(),
+        Options {
+            space_limit: Some(4096),
+            ..opts(8192)
+        },
+    );
+    assert_eq!(log.disk_bytes(), 4096);
+    let big = vec![3u8; 6000];
+    let err = log.append(kind::MESSAGE, 1, &big).expect_err("no room");
+    assert!(err.is_no_space(), "{err}");
+    log.set_space_limit(None);
+    assert_eq!(log.append(kind::MESSAGE, 1, &big).expect("grown"), 1);
+    assert_eq!(
+        log.segments().count(),
+        1,
+        "grown in place, not a second file for seq 1"
+    );
+    assert_eq!(log.disk_bytes(), 8192);
+    drop(log);
+    let (_, rec, seen) = open(tmp.path(), opts(8192));
+    assert_eq!((rec.segments, seen.len()), (1, 1));
+    assert_eq!(seen[0].3, big);
 }
