@@ -366,33 +366,13 @@ pub const KEYS: &[(&str, &str, &str)] = &[
 
 /// The key table formatted for `--help`.
 pub fn keys_help() -> String {
-    let mut out = String::from("Configuration keys (TOML; every key optional):\n");
-    for (key, default, meaning) in KEYS {
-        out.push_str(&format!("  {key:<28} default {default:<22} {meaning}\n"));
-    }
-    out
+    router::config::format_keys(KEYS)
 }
 
-/// A configuration that cannot be used; names the key and the reason.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Parse(#[from] toml::de::Error),
-    #[error("{key}: {reason}")]
-    Invalid { key: &'static str, reason: String },
-}
-
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        reason: reason.into(),
-    }
-}
+/// A configuration that cannot be used; names the key and the reason (one type for the gate
+/// and the router).
+pub use router::config::ConfigError;
+use router::config::invalid;
 
 /// Validated, typed settings the shards run with.
 #[derive(Debug, Clone)]

@@ -157,14 +157,25 @@ pub const KEYS: &[(&str, &str, &str)] = &[
 
 /// The key table formatted for `--help`.
 pub fn keys_help() -> String {
+    format_keys(KEYS)
+}
+
+/// A `(key, default, meaning)` table as `--help` prints it, columns as wide as their longest
+/// entry (the gate's table goes through here too).
+pub fn format_keys(keys: &[(&str, &str, &str)]) -> String {
+    let key_width = keys.iter().map(|k| k.0.len()).max().unwrap_or(0);
+    let default_width = keys.iter().map(|k| k.1.len()).max().unwrap_or(0);
     let mut out = String::from("Configuration keys (TOML; every key optional):\n");
-    for (key, default, meaning) in KEYS {
-        out.push_str(&format!("  {key:<24} default {default:<18} {meaning}\n"));
+    for (key, default, meaning) in keys {
+        out.push_str(&format!(
+            "  {key:<key_width$} default {default:<default_width$} {meaning}\n"
+        ));
     }
     out
 }
 
-/// A configuration that cannot be used; names the key and the reason.
+/// A configuration that cannot be used (the gate's and the router's); names the key and the
+/// reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -178,7 +189,8 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+/// The refusal of `key` for `reason`.
+pub fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         reason: reason.into(),
