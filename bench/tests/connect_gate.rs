@@ -16,6 +16,9 @@ shards = 1
 [auth]
 mode = "jwt"
 secret = "bench-test-secret"
+
+[backend]
+data_dir = ""
 "#;
 
 #[derive(Parser)]

@@ -15,6 +15,9 @@ heartbeat_secs = 1
 [auth]
 mode = "jwt"
 secret = "bench-test-secret"
+
+[backend]
+data_dir = ""
 "#;
 
 #[derive(Parser)]

@@ -7,8 +7,12 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
+use router::config::{FilterConfig, StorageKeys, SyncPolicy};
+use router::im::filter::ContentFilter;
+use router::im::recovery::Storage;
 use serde::{Deserialize, Serialize};
 
 /// The whole file. Unknown keys are refused, so a typo never silently falls back to a default.
@@ -91,6 +95,12 @@ pub struct BackendConfig {
     pub queue: usize,
     pub max_inflight: usize,
     pub timeout_ms: u64,
+    pub sync: SyncPolicy,
+    pub sync_interval_ms: u64,
+    pub segment_bytes: u64,
+    pub retention_bytes: u64,
+    pub retention_days: u32,
+    pub filter: FilterConfig,
 }
 
 impl Default for BackendConfig {
@@ -98,13 +108,19 @@ impl Default for BackendConfig {
         Self {
             kind: BackendKind::Embedded,
             addr: String::new(),
-            data_dir: String::new(),
+            data_dir: router::config::DEFAULT_DATA_DIR.into(),
             partitions: 64,
             push_threshold: 200,
             auth_secret: String::new(),
             queue: 4096,
             max_inflight: 4096,
             timeout_ms: 5000,
+            sync: SyncPolicy::Interval,
+            sync_interval_ms: 1000,
+            segment_bytes: router::config::DEFAULT_SEGMENT_BYTES,
+            retention_bytes: 0,
+            retention_days: 30,
+            filter: FilterConfig::default(),
         }
     }
 }
@@ -318,11 +334,6 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "host:port of the remote backend's link (backend.kind = \"remote\")",
     ),
     (
-        "backend.data_dir",
-        "\"\"",
-        "where the reference backend keeps its message log (empty: in memory only)",
-    ),
-    (
         "backend.partitions",
         "64",
         "partitions of the reference backend's data, fixed for the life of the data",
@@ -366,7 +377,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
 
 /// The key table formatted for `--help`.
 pub fn keys_help() -> String {
-    router::config::format_keys(KEYS)
+    router::config::format_keys(&[KEYS, router::config::STORAGE_KEYS].concat())
 }
 
 /// A configuration that cannot be used; names the key and the reason (one type for the gate
@@ -393,6 +404,10 @@ pub struct Settings {
     pub auth_mode: AuthMode,
     pub auth_secret: Vec<u8>,
     pub backend: BackendConfig,
+    /// The embedded backend's data directory and log policy; `None`: memory only (or remote).
+    pub storage: Option<Storage>,
+    /// The embedded backend's content filter, if configured.
+    pub content_filter: Option<Arc<ContentFilter>>,
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
     /// Connections the gate holds (resolved: never above what the open-file limit allows).
@@ -402,6 +417,17 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The embedded backend's IM settings.
+    pub fn im_config(&self) -> router::im::ImConfig {
+        router::im::ImConfig {
+            partitions: self.backend.partitions,
+            push_threshold: self.backend.push_threshold,
+            dedup_window_ms: router::im::DEDUP_WINDOW_MS,
+            auth_secret: self.backend.auth_secret.clone().into_bytes(),
+            filter: self.content_filter.clone(),
+        }
+    }
+
     /// A session with no complete frame for this long is closed (3 x heartbeat).
     pub fn idle_timeout(&self) -> Duration {
         self.heartbeat * 3
@@ -531,7 +557,14 @@ impl Config {
             return Err(invalid("limits.devices_per_uid", "must be at least 1"));
         }
         let mut warnings = Vec::new();
-        let allowed = connections_allowed(shards.get());
+        let embedded = self.backend.kind == BackendKind::Embedded;
+        // The embedded backend's log keeps one file open per partition, plus its lock.
+        let log_fds = if embedded && !self.backend.data_dir.is_empty() {
+            self.backend.partitions as usize + 2
+        } else {
+            0
+        };
+        let allowed = connections_allowed(shards.get(), log_fds);
         let max_connections = match l.max_connections {
             0 => allowed,
             n if n > allowed => {
@@ -591,6 +624,18 @@ impl Config {
         if b.queue < 16 {
             return Err(invalid("backend.queue", "must be at least 16"));
         }
+        let storage = router::config::storage_settings(StorageKeys {
+            data_dir: &b.data_dir,
+            sync: b.sync,
+            sync_interval_ms: b.sync_interval_ms,
+            segment_bytes: b.segment_bytes,
+            retention_bytes: b.retention_bytes,
+            retention_days: b.retention_days,
+            partitions: b.partitions,
+            max_frame: g.max_frame as usize,
+        })?;
+        let content_filter = router::config::content_filter(&b.filter)?;
+
         let gate_id = if g.id.is_empty() {
             format!("{}:{}", hostname(), listen.port())
         } else {
@@ -612,6 +657,9 @@ impl Config {
             auth_mode: self.auth.mode,
             auth_secret: self.auth.secret.clone().into_bytes(),
             backend: self.backend.clone(),
+            // Storage and the filter belong to the reference backend; a remote one has its own.
+            storage: if embedded { storage } else { None },
+            content_filter: if embedded { content_filter } else { None },
             delivery: self.delivery.clone(),
             limits: self.limits.clone(),
             max_connections,
@@ -625,7 +673,7 @@ const FD_RESERVE: usize = 64;
 const FD_RESERVE_PER_SHARD: usize = 16;
 
 /// Connections the open-file limit leaves room for.
-fn connections_allowed(shards: usize) -> usize {
+fn connections_allowed(shards: usize, extra_fds: usize) -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -636,7 +684,7 @@ fn connections_allowed(shards: usize) -> usize {
     {
         return 1 << 20;
     }
-    let reserve = FD_RESERVE + FD_RESERVE_PER_SHARD * shards;
+    let reserve = FD_RESERVE + FD_RESERVE_PER_SHARD * shards + extra_fds;
     usize::try_from(limit.rlim_cur)
         .unwrap_or(usize::MAX)
         .saturating_sub(reserve)
@@ -680,7 +728,11 @@ mod tests {
         let mut accepted = Vec::new();
         flatten("", &value, &mut accepted);
         accepted.sort();
-        let mut documented: Vec<String> = KEYS.iter().map(|(k, _, _)| k.to_string()).collect();
+        let mut documented: Vec<String> = KEYS
+            .iter()
+            .chain(router::config::STORAGE_KEYS)
+            .map(|(k, _, _)| k.to_string())
+            .collect();
         documented.sort();
         assert_eq!(accepted, documented);
     }

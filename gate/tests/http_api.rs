@@ -86,6 +86,7 @@ fn login(gate: &TestGate, uid: u64, device: &str) -> Client {
 #[test]
 fn http_push_biz_push_kick_and_online_reach_a_client_through_a_gate() {
     let mut config = router::config::Config::default();
+    config.backend.data_dir = String::new();
     config.router.listen = "127.0.0.1:0".into();
     config.router.http_listen = "127.0.0.1:0".into();
     config.backend.partitions = 8;
@@ -222,6 +223,7 @@ fn http_push_biz_push_kick_and_online_reach_a_client_through_a_gate() {
 #[test]
 fn slow_oversized_and_excess_http_connections_are_cut_off() {
     let mut config = router::config::Config::default();
+    config.backend.data_dir = String::new();
     config.router.listen = "127.0.0.1:0".into();
     config.router.http_listen = "127.0.0.1:0".into();
     config.router.http_timeout_ms = 300;

@@ -99,6 +99,7 @@ fn spawn_gate(id: &str, router: SocketAddr) -> GateProcess {
 
 fn start_router(listen: SocketAddr) -> router::server::RouterHandle {
     let mut config = router::config::Config::default();
+    config.backend.data_dir = String::new();
     config.router.listen = listen.to_string();
     config.router.http_listen = String::new();
     config.router.id = "test-router".into();

@@ -121,6 +121,7 @@ fn poke(router: SocketAddr, bytes: &[u8]) -> Option<u32> {
 #[test]
 fn garbage_wrong_versions_and_oversized_frames_are_refused_and_other_links_keep_working() {
     let mut config = router::config::Config::default();
+    config.backend.data_dir = String::new();
     config.router.listen = "127.0.0.1:0".into();
     config.router.http_listen = String::new();
     let router = router::server::start(config.validate().expect("valid")).expect("router starts");

@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use crate::im::filter::{ContentFilter, FilterAction};
+use crate::im::journal::JournalConfig;
+use crate::im::recovery::Storage;
 use crate::im::{DEDUP_WINDOW_MS, ImConfig};
 use crate::link::frame::{DEFAULT_MAX_FRAME, MIN_MAX_FRAME};
 
@@ -63,18 +68,218 @@ pub struct BackendConfig {
     pub partitions: u32,
     pub push_threshold: u32,
     pub auth_secret: String,
+    pub sync: SyncPolicy,
+    pub sync_interval_ms: u64,
+    pub segment_bytes: u64,
+    pub retention_bytes: u64,
+    pub retention_days: u32,
+    pub filter: FilterConfig,
 }
 
 impl Default for BackendConfig {
     fn default() -> Self {
         Self {
-            data_dir: String::new(),
+            data_dir: DEFAULT_DATA_DIR.into(),
             partitions: 64,
             push_threshold: 200,
             auth_secret: String::new(),
+            sync: SyncPolicy::Interval,
+            sync_interval_ms: 1000,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            retention_bytes: 0,
+            retention_days: 30,
+            filter: FilterConfig::default(),
         }
     }
 }
+
+/// Where the reference backend keeps its log unless told otherwise (relative to the working
+/// directory; the systemd units point it at the state directory).
+pub const DEFAULT_DATA_DIR: &str = "imgate-data";
+/// Default log segment size per partition.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 4 << 20;
+
+/// `backend.sync`: when the reference backend's log is flushed to the device.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// Before any answer that depends on the append: survives a power loss.
+    Always,
+    /// Within `backend.sync_interval_ms` of the first unsynced append.
+    #[default]
+    Interval,
+    /// By the kernel when it likes: survives a process crash, not a power loss.
+    Os,
+}
+
+/// `[backend.filter]`: the content filter over SEND bodies.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterConfig {
+    /// One word per line; empty: no filter.
+    pub words_file: String,
+    pub action: FilterActionKey,
+}
+
+/// `backend.filter.action`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterActionKey {
+    #[default]
+    Reject,
+    Mask,
+}
+
+/// The reference backend's storage and filter keys as the gate and the router both read them.
+#[derive(Debug, Clone, Copy)]
+pub struct StorageKeys<'a> {
+    pub data_dir: &'a str,
+    pub sync: SyncPolicy,
+    pub sync_interval_ms: u64,
+    pub segment_bytes: u64,
+    pub retention_bytes: u64,
+    pub retention_days: u32,
+    pub partitions: u32,
+    /// The largest client frame (gate.max_frame / router.client_max_frame): one message must
+    /// fit a segment with room to spare.
+    pub max_frame: usize,
+}
+
+impl<'a> From<(&'a BackendConfig, usize)> for StorageKeys<'a> {
+    fn from((b, max_frame): (&'a BackendConfig, usize)) -> Self {
+        Self {
+            data_dir: &b.data_dir,
+            sync: b.sync,
+            sync_interval_ms: b.sync_interval_ms,
+            segment_bytes: b.segment_bytes,
+            retention_bytes: b.retention_bytes,
+            retention_days: b.retention_days,
+            partitions: b.partitions,
+            max_frame,
+        }
+    }
+}
+
+/// The validated storage settings: `None` when `backend.data_dir` is empty (memory only).
+pub fn storage_settings(k: StorageKeys<'_>) -> Result<Option<Storage>, ConfigError> {
+    if !(1..=86_400_000).contains(&k.sync_interval_ms) {
+        return Err(invalid(
+            "backend.sync_interval_ms",
+            "must be between 1 and 86400000",
+        ));
+    }
+    let least = (2 * k.max_frame as u64 + 65_536).max(1 << 20);
+    if !(least..=(1 << 30)).contains(&k.segment_bytes) {
+        return Err(invalid(
+            "backend.segment_bytes",
+            format!(
+                "must be between {least} (twice the largest frame, at least 1 MiB) and 1073741824"
+            ),
+        ));
+    }
+    if k.retention_bytes != 0 && k.retention_bytes < k.segment_bytes * 2 * u64::from(k.partitions) {
+        return Err(invalid(
+            "backend.retention_bytes",
+            format!(
+                "must be 0 (no cap) or at least two segments per partition ({} bytes)",
+                k.segment_bytes * 2 * u64::from(k.partitions)
+            ),
+        ));
+    }
+    if k.data_dir.is_empty() {
+        return Ok(None);
+    }
+    let sync = match k.sync {
+        SyncPolicy::Always => crate::log::Sync::Always,
+        SyncPolicy::Interval => crate::log::Sync::Interval(k.sync_interval_ms),
+        SyncPolicy::Os => crate::log::Sync::Os,
+    };
+    Ok(Some(Storage {
+        dir: std::path::PathBuf::from(k.data_dir),
+        journal: JournalConfig {
+            log: crate::log::Options {
+                segment_bytes: k.segment_bytes,
+                sync,
+                space_limit: None,
+            },
+            retention: crate::log::Retention {
+                max_bytes: (k.retention_bytes != 0)
+                    .then(|| k.retention_bytes / u64::from(k.partitions.max(1))),
+                max_age_ms: (k.retention_days != 0)
+                    .then(|| u64::from(k.retention_days) * 86_400_000),
+            },
+        },
+    }))
+}
+
+/// The content filter `[backend.filter]` describes (reads the word list), if any.
+pub fn content_filter(f: &FilterConfig) -> Result<Option<Arc<ContentFilter>>, ConfigError> {
+    if f.words_file.is_empty() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&f.words_file).map_err(|e| {
+        invalid(
+            "backend.filter.words_file",
+            format!("cannot read {}: {e}", f.words_file),
+        )
+    })?;
+    let action = match f.action {
+        FilterActionKey::Reject => FilterAction::Reject,
+        FilterActionKey::Mask => FilterAction::Mask,
+    };
+    ContentFilter::from_list(&text, action)
+        .map(|filter| Some(Arc::new(filter)))
+        .map_err(|reason| {
+            invalid(
+                "backend.filter.words_file",
+                format!("{}: {reason}", f.words_file),
+            )
+        })
+}
+
+/// The storage keys' rows of `--help` and the README, shared by the gate and the router.
+pub const STORAGE_KEYS: &[(&str, &str, &str)] = &[
+    (
+        "backend.data_dir",
+        "\"imgate-data\"",
+        "directory of the reference backend's durable log (a subdirectory per partition, locked while in use; relative to the working directory); \"\" = memory only, lost at exit",
+    ),
+    (
+        "backend.sync",
+        "\"interval\"",
+        "when the log reaches the device: \"always\" (before any answer; survives a power loss), \"interval\" (within backend.sync_interval_ms), \"os\" (when the kernel likes; survives a process crash, not a power loss)",
+    ),
+    (
+        "backend.sync_interval_ms",
+        "1000",
+        "with backend.sync = \"interval\": the most an acknowledged message waits for its flush",
+    ),
+    (
+        "backend.segment_bytes",
+        "4194304",
+        "log segment size per partition, reserved on disk when created (at least twice the largest frame)",
+    ),
+    (
+        "backend.retention_bytes",
+        "0",
+        "cap on the whole log's bytes (split evenly among partitions); the oldest segments are retired past it; 0 = no cap",
+    ),
+    (
+        "backend.retention_days",
+        "30",
+        "segments whose newest record is older are retired (messages go; groups, read cursors and dedup entries younger than 24 h are kept); 0 = forever",
+    ),
+    (
+        "backend.filter.words_file",
+        "\"\"",
+        "content filter word list (UTF-8, one per line, # comments; ASCII case-insensitive); \"\" = no filter",
+    ),
+    (
+        "backend.filter.action",
+        "\"reject\"",
+        "\"reject\" (SEND answered CONTENT_REJECTED) | \"mask\" (each match replaced by '*' in the stored and pushed body)",
+    ),
+];
 
 /// (key, default, meaning), for `router --help` and the README.
 pub const KEYS: &[(&str, &str, &str)] = &[
@@ -134,11 +339,6 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "glommio io_memory of the router's executor (pinned; counted against ulimit -l)",
     ),
     (
-        "backend.data_dir",
-        "\"\"",
-        "where the reference backend keeps its message log (not used yet: data is in memory)",
-    ),
-    (
         "backend.partitions",
         "64",
         "partitions of the reference backend's data, fixed for the life of the data",
@@ -157,7 +357,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
 
 /// The key table formatted for `--help`.
 pub fn keys_help() -> String {
-    format_keys(KEYS)
+    format_keys(&[KEYS, STORAGE_KEYS].concat())
 }
 
 /// A `(key, default, meaning)` table as `--help` prints it, columns as wide as their longest
@@ -222,6 +422,8 @@ pub struct RouterSettings {
     pub link_queue: usize,
     pub io_memory: usize,
     pub im: ImConfig,
+    /// Where the reference backend's log lives; `None`: memory only.
+    pub storage: Option<Storage>,
 }
 
 fn addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -326,7 +528,9 @@ impl Config {
                 push_threshold: b.push_threshold,
                 dedup_window_ms: DEDUP_WINDOW_MS,
                 auth_secret: b.auth_secret.clone().into_bytes(),
+                filter: content_filter(&b.filter)?,
             },
+            storage: storage_settings(StorageKeys::from((b, r.client_max_frame)))?,
         })
     }
 }
@@ -357,17 +561,67 @@ mod tests {
     }
 
     #[test]
+    fn storage_keys_are_validated_by_name_and_an_empty_data_dir_means_memory() {
+        let s = Config::default().validate().expect("defaults are valid");
+        let storage = s.storage.expect("durable by default");
+        assert_eq!(storage.dir, std::path::PathBuf::from("imgate-data"));
+        assert_eq!(storage.journal.log.sync, crate::log::Sync::Interval(1000));
+        assert_eq!(storage.journal.retention.max_age_ms, Some(30 * 86_400_000));
+        let none = Config::from_toml("[backend]\ndata_dir = \"\"\n").unwrap();
+        assert!(none.validate().unwrap().storage.is_none());
+        for (toml, key) in [
+            ("[backend]\nsync = \"sometimes\"\n", "`always`, `interval`"),
+            (
+                "[backend]\nsegment_bytes = 4096\n",
+                "backend.segment_bytes:",
+            ),
+            (
+                "[backend]\nretention_bytes = 1000\n",
+                "backend.retention_bytes:",
+            ),
+            (
+                "[backend]\nsync_interval_ms = 0\n",
+                "backend.sync_interval_ms:",
+            ),
+            (
+                "[backend.filter]\nwords_file = \"/nonexistent/words\"\n",
+                "backend.filter.words_file:",
+            ),
+        ] {
+            let err = match Config::from_toml(toml) {
+                Err(e) => e.to_string(),
+                Ok(c) => c.validate().err().expect("refused").to_string(),
+            };
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
     fn every_key_is_documented() {
-        let text = toml::to_string(&Config::default()).expect("serialises");
-        let table: toml::Table = text.parse().expect("parses");
-        let mut keys = Vec::new();
-        for (section, value) in &table {
-            for key in value.as_table().expect("a section").keys() {
-                keys.push(format!("{section}.{key}"));
+        fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<String>) {
+            match value.as_table() {
+                Some(table) => {
+                    for (key, value) in table {
+                        let name = if prefix.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{prefix}.{key}")
+                        };
+                        flatten(&name, value, out);
+                    }
+                }
+                None => out.push(prefix.to_owned()),
             }
         }
+        let value = toml::Value::try_from(Config::default()).expect("serialises");
+        let mut keys = Vec::new();
+        flatten("", &value, &mut keys);
         keys.sort();
-        let mut documented: Vec<String> = KEYS.iter().map(|(k, _, _)| k.to_string()).collect();
+        let mut documented: Vec<String> = KEYS
+            .iter()
+            .chain(STORAGE_KEYS)
+            .map(|(k, _, _)| k.to_string())
+            .collect();
         documented.sort();
         assert_eq!(keys, documented);
     }

@@ -14,6 +14,7 @@ shards = 1
 heartbeat_secs = 300
 
 [backend]
+data_dir = ""
 push_threshold = {push_threshold}
 
 [limits]

@@ -38,9 +38,6 @@ pub use delivery::DeliveryObserver;
 use handoff::Handoff;
 use state::{PublishedStats, Shard};
 
-/// How long the reference backend remembers a (uid, client_msg_id) (PROTOCOL.md: at least 24 h).
-const DEDUP_WINDOW_MS: u64 = 24 * 3600 * 1000;
-
 /// How long a stopping shard waits for its connections to take their KICK and close.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -67,6 +64,8 @@ pub enum StartError {
     },
     #[error("cannot start shard {shard}: {reason}")]
     Executor { shard: usize, reason: String },
+    #[error("cannot open the embedded backend's data: {0}")]
+    Storage(#[from] router::im::recovery::RecoveryError),
 }
 
 /// Counters of one shard, as last published by it.
@@ -90,6 +89,9 @@ pub struct ShardStats {
 pub struct GateHandle {
     local_addr: SocketAddr,
     shards: Vec<ShardHandle>,
+    /// The embedded backend's data directory lock; declared after `shards` so it is released
+    /// only once every shard (and its partitions' logs) is gone.
+    _data: Option<router::im::recovery::DataDirLock>,
 }
 
 struct ShardHandle {
@@ -146,6 +148,7 @@ pub fn start_observed(
     }
     let (fds, local_addr) = listener::bind_all(&settings)?;
     let count = settings.shards.get();
+    let (mut partitions, data) = embedded_partitions(&settings)?;
     let mesh: MeshBuilder<Handoff, _> = MeshBuilder::full(count, settings.handoff_queue.get());
     let backend_mesh = embedded::mesh(count, settings.backend.queue);
     let embedded_backend = settings.backend.kind == BackendKind::Embedded;
@@ -168,6 +171,7 @@ pub fn start_observed(
             backend_mesh: (count > 1 && embedded_backend).then(|| backend_mesh.clone()),
             stats: Arc::clone(&stats),
             observer: observer.clone(),
+            partitions: std::mem::take(&mut partitions[index]),
             ready: ready_tx.clone(),
         };
         let cpu = cpus
@@ -189,7 +193,11 @@ pub fn start_observed(
         });
     }
     drop(ready_tx);
-    let handle = GateHandle { local_addr, shards };
+    let handle = GateHandle {
+        local_addr,
+        shards,
+        _data: data,
+    };
     for _ in 0..count {
         match ready_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(Ok(())) => {}
@@ -204,6 +212,59 @@ pub fn start_observed(
     }
     tracing::info!(addr = %local_addr, shards = count, "gate accepting");
     Ok(handle)
+}
+
+/// The embedded backend's partitions, per shard (`p % shards`, in id order): opened from
+/// `backend.data_dir` (replayed and rebuilt before any shard serves) or fresh in memory. Empty
+/// with a remote backend.
+fn embedded_partitions(
+    settings: &Settings,
+) -> Result<
+    (
+        Vec<Vec<router::im::Partition>>,
+        Option<router::im::recovery::DataDirLock>,
+    ),
+    StartError,
+> {
+    let count = settings.shards.get();
+    let mut per_shard: Vec<Vec<router::im::Partition>> = (0..count).map(|_| Vec::new()).collect();
+    if settings.backend.kind != BackendKind::Embedded {
+        return Ok((per_shard, None));
+    }
+    let im = settings.im_config();
+    let (partitions, lock) = match &settings.storage {
+        Some(storage) => {
+            let started = Instant::now();
+            let opened = router::im::recovery::open(storage, &im, unix_ms())?;
+            tracing::info!(
+                dir = %storage.dir.display(),
+                partitions = im.partitions,
+                records = opened.records(),
+                ms = started.elapsed().as_millis() as u64,
+                "embedded backend data loaded"
+            );
+            (opened.partitions, Some(opened.lock))
+        }
+        None => {
+            tracing::warn!(
+                "backend.data_dir is empty: the embedded backend keeps messages in memory only; they are lost when the gate stops"
+            );
+            let fresh = (0..im.partitions)
+                .map(|p| router::im::Partition::new(p, im.clone()))
+                .collect();
+            (fresh, None)
+        }
+    };
+    for p in partitions {
+        per_shard[p.id() as usize % count].push(p);
+    }
+    Ok((per_shard, lock))
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Turns transparent huge pages off for this process (`gate.huge_pages = false`, the default).
@@ -259,6 +320,8 @@ struct ShardStart {
     backend_mesh: Option<embedded::Mesh>,
     stats: Arc<PublishedStats>,
     observer: Option<Arc<dyn DeliveryObserver>>,
+    /// The embedded backend's partitions this shard hosts (empty with a remote backend).
+    partitions: Vec<router::im::Partition>,
     ready: mpsc::Sender<Result<(), String>>,
 }
 
@@ -297,16 +360,11 @@ async fn run_shard(ctx: ShardStart) {
                 let _ = shard.backend.set(backend);
             }
             BackendKind::Embedded => {
-                let im = router::im::ImConfig {
-                    partitions: shard.settings.backend.partitions,
-                    push_threshold: shard.settings.backend.push_threshold,
-                    dedup_window_ms: DEDUP_WINDOW_MS,
-                    auth_secret: shard.settings.backend.auth_secret.clone().into_bytes(),
-                };
                 let started = embedded::EmbeddedShard::start(
                     shard.index,
                     shard.shards,
-                    im,
+                    shard.settings.im_config(),
+                    ctx.partitions,
                     ctx.backend_mesh,
                     sink,
                 )

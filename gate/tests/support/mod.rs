@@ -28,6 +28,9 @@ id = "gate-under-test"
 listen = "127.0.0.1:0"
 shards = 2
 io_memory_kib = 64
+
+[backend]
+data_dir = "" # memory only: tests that need the log set their own directory
 "#;
 
 /// A gate running in this process; `stop` it at the end of the test (dropping also stops it).

@@ -23,7 +23,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use glommio::GlommioError;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
@@ -64,6 +64,11 @@ pub fn mesh(shards: usize, capacity: usize) -> Mesh {
     MeshBuilder::full(shards, capacity)
 }
 
+/// The partitions shard `shard` of `shards` hosts: `shard, shard + shards, ...`.
+pub fn hosted_by(shard: u32, shards: u32, partitions: u32) -> impl Iterator<Item = PartitionId> {
+    (0..partitions).filter(move |p| p % shards.max(1) == shard)
+}
+
 /// The gate shard that owns `uid`'s sessions (the gate's own `owner_shard`).
 pub fn gate_shard_of(uid: u64, shards: u32) -> u32 {
     (mix64(uid) % u64::from(shards.max(1))) as u32
@@ -82,16 +87,21 @@ pub struct EmbeddedShard {
     spill: Vec<RefCell<VecDeque<Envelope>>>,
     draining: Vec<Cell<bool>>,
     parked: Cell<usize>,
+    /// `backend.sync = "always"`: every cascade syncs what it wrote before anything leaves.
+    sync_always: bool,
     me: Weak<Self>,
 }
 
 impl EmbeddedShard {
-    /// Joins the mesh (when there is more than one shard), creates the partitions this shard
-    /// hosts and starts receiving. Must run on the shard's executor.
+    /// Joins the mesh (when there is more than one shard), takes the partitions this shard
+    /// hosts (`hosted_by(shard, shards)` of them, in id order: fresh ones, or opened from the
+    /// data directory by [`crate::im::recovery::open`]) and starts receiving. Must run on the
+    /// shard's executor.
     pub async fn start(
         shard: usize,
         shards: usize,
         config: ImConfig,
+        partitions: Vec<Partition>,
         mesh: Option<Mesh>,
         sink: Weak<dyn GateSink>,
     ) -> Result<Rc<Self>, String> {
@@ -103,10 +113,27 @@ impl EmbeddedShard {
             None => (None, None),
         };
         let (shard, shards) = (shard as u32, shards.max(1) as u32);
-        let partitions = (0..config.partitions)
-            .filter(|p| p % shards == shard)
-            .map(|p| Partition::new(p, config.clone()))
-            .collect();
+        let expected: Vec<PartitionId> = hosted_by(shard, shards, config.partitions).collect();
+        if partitions
+            .iter()
+            .map(Partition::id)
+            .ne(expected.iter().copied())
+        {
+            return Err(format!(
+                "shard {shard} was given partitions {:?}, expected {expected:?}",
+                partitions.iter().map(Partition::id).collect::<Vec<_>>()
+            ));
+        }
+        let sync_always = partitions
+            .iter()
+            .any(|p| p.sync_policy() == Some(crate::log::Sync::Always));
+        let ticker = partitions
+            .iter()
+            .filter_map(Partition::sync_policy)
+            .find_map(|policy| match policy {
+                crate::log::Sync::Interval(ms) => Some(ms),
+                _ => None,
+            });
         let this = Rc::new_cyclic(|me| Self {
             shard,
             shards,
@@ -117,8 +144,24 @@ impl EmbeddedShard {
             spill: (0..shards).map(|_| RefCell::default()).collect(),
             draining: (0..shards).map(|_| Cell::new(false)).collect(),
             parked: Cell::new(0),
+            sync_always,
             me: me.clone(),
         });
+        if let Some(interval_ms) = ticker {
+            // The log's flush under `backend.sync = "interval"`: this plug-in's own timer (the
+            // gate's wheel is not the backend's), a few times per interval, syncing only the
+            // partitions whose deadline passed.
+            let tick = Duration::from_millis((interval_ms / 4).clamp(1, 250));
+            let this = Rc::downgrade(&this);
+            glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(tick).await;
+                    let Some(me) = this.upgrade() else { return };
+                    me.sync_due(now_ms());
+                }
+            })
+            .detach();
+        }
         if let Some(mut receivers) = receivers {
             for (_peer, rx) in receivers.streams() {
                 let this = Rc::downgrade(&this);
@@ -157,10 +200,25 @@ impl EmbeddedShard {
         }
     }
 
-    /// Runs `input` on a local partition and everything local it leads to.
+    /// Syncs every hosted partition whose journal deadline is at or before `now`.
+    fn sync_due(&self, now: u64) {
+        for p in self.partitions.borrow_mut().iter_mut() {
+            if p.sync_deadline().is_some_and(|d| d <= now)
+                && let Err(err) = p.sync_journal()
+            {
+                tracing::error!(partition = p.id(), %err, "journal sync failed; retrying");
+            }
+        }
+    }
+
+    /// Runs `input` on a local partition and everything local it leads to. What leaves the
+    /// cascade (answers, hops to other shards, downlink) goes out after it, once the journals
+    /// it wrote are synced if `backend.sync = "always"` asks (one msync per partition per
+    /// cascade: the answer never precedes the durability it promises).
     fn run(&self, partition: PartitionId, input: Input) {
         let mut work = VecDeque::from([(partition, input)]);
         let mut out = Vec::new();
+        let mut leaving = Vec::new();
         // One clock reading for the whole cascade: it is one logical step of the backend.
         let now = now_ms();
         while let Some((partition, input)) = work.pop_front() {
@@ -180,28 +238,37 @@ impl EmbeddedShard {
             }
             for output in out.drain(..) {
                 match output {
-                    Output::ToPartition { partition, input } => {
-                        let host = self.host_of(partition);
-                        if host == self.shard {
-                            work.push_back((partition, input));
-                        } else {
-                            self.send(host, Envelope::ToPartition { partition, input });
-                        }
+                    Output::ToPartition { partition, input }
+                        if self.host_of(partition) == self.shard =>
+                    {
+                        work.push_back((partition, input));
                     }
-                    Output::Reply { origin, reply } => {
-                        if origin.shard == self.shard {
-                            self.to_sink(|s| s.reply(origin, reply));
-                        } else {
-                            self.send(origin.shard, Envelope::Reply { origin, reply });
-                        }
+                    other => leaving.push(other),
+                }
+            }
+        }
+        if self.sync_always {
+            self.sync_due(now);
+        }
+        for output in leaving {
+            match output {
+                Output::ToPartition { partition, input } => {
+                    let host = self.host_of(partition);
+                    self.send(host, Envelope::ToPartition { partition, input });
+                }
+                Output::Reply { origin, reply } => {
+                    if origin.shard == self.shard {
+                        self.to_sink(|s| s.reply(origin, reply));
+                    } else {
+                        self.send(origin.shard, Envelope::Reply { origin, reply });
                     }
-                    Output::Deliver(d) => self.deliver(d),
-                    Output::Notify(n) => self.notify(n),
-                    Output::ReadReceipt(r) => self.read_receipt(r),
-                    Output::Kick(k) => {
-                        let shard = gate_shard_of(k.uid, self.shards);
-                        self.downlink_to(shard, Downlink::Kick(k));
-                    }
+                }
+                Output::Deliver(d) => self.deliver(d),
+                Output::Notify(n) => self.notify(n),
+                Output::ReadReceipt(r) => self.read_receipt(r),
+                Output::Kick(k) => {
+                    let shard = gate_shard_of(k.uid, self.shards);
+                    self.downlink_to(shard, Downlink::Kick(k));
                 }
             }
         }

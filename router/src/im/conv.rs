@@ -25,6 +25,9 @@ pub struct Conv {
     by_sender: IdMap<u64, Vec<u64>>,
     /// Reader → read cursor (the highest msg_id read). For a group: exactly its members.
     cursors: BTreeMap<u64, u64>,
+    /// Journal seq of the oldest record still holding this conversation's live cursors or
+    /// membership (`None`: none). Retention re-appends a snapshot before dropping it.
+    pub state_since: Option<u64>,
 }
 
 /// Which way a page of history goes.
@@ -103,6 +106,52 @@ impl Conv {
         }
         *cursor = applied;
         Some(applied)
+    }
+
+    /// Every reader with its cursor, ascending by uid.
+    pub fn cursors(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.cursors.iter().map(|(&u, &c)| (u, c))
+    }
+
+    /// The stored messages, oldest first.
+    pub fn messages(&self) -> &[link::Msg] {
+        &self.msgs
+    }
+
+    /// Replay: moves `uid`'s cursor to `read_up_to` if that is further (not clamped: the
+    /// messages it covered may be gone); a non-reader is ignored.
+    pub fn restore_cursor(&mut self, uid: u64, read_up_to: u64) {
+        if let Some(cursor) = self.cursors.get_mut(&uid) {
+            *cursor = (*cursor).max(read_up_to);
+        }
+    }
+
+    /// Replay of a snapshot: exactly these readers with these cursors.
+    pub fn set_readers(&mut self, readers: impl IntoIterator<Item = (u64, u64)>) {
+        self.cursors = readers.into_iter().collect();
+    }
+
+    /// Forgets every message with `msg_id <= max_id` (retention); whether any went.
+    pub fn drop_through(&mut self, max_id: u64) -> bool {
+        let n = self.msgs.partition_point(|m| m.msg_id <= max_id);
+        if n == 0 {
+            return false;
+        }
+        self.msgs.drain(..n);
+        self.by_sender.retain(|_, own| {
+            let k = own.partition_point(|&id| id <= max_id);
+            own.drain(..k);
+            !own.is_empty()
+        });
+        true
+    }
+
+    /// Where [`Conv::read`] would move `uid`'s cursor (clamped to the latest id), without
+    /// moving it: `None` if it would not move.
+    pub fn read_target(&self, uid: u64, read_up_to: u64) -> Option<u64> {
+        let applied = read_up_to.min(self.latest());
+        let cursor = *self.cursors.get(&uid)?;
+        (applied > cursor).then_some(applied)
     }
 
     /// `uid`'s unread count: messages above its cursor not sent by itself (0 for a non-reader).

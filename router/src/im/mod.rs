@@ -43,8 +43,11 @@
 
 mod biz;
 mod conv;
+pub mod filter;
 pub mod ids;
+pub mod journal;
 mod partition;
+pub mod recovery;
 #[cfg(test)]
 mod tests;
 mod user;
@@ -52,6 +55,7 @@ mod user;
 pub use ids::MsgIdGen;
 pub use partition::{
     DEFAULT_PULL_LIMIT, MAX_GROUP_ID, MAX_PULL_LIMIT, MAX_SYNC_CONVS, Partition, PartitionStats,
+    Replayed,
 };
 
 use crate::link;
@@ -136,6 +140,8 @@ pub struct ImConfig {
     pub dedup_window_ms: u64,
     /// HS256 key of `auth.mode = "backend"` tokens; empty refuses every token.
     pub auth_secret: Vec<u8>,
+    /// The content filter over SEND bodies (`backend.filter.*`), if configured.
+    pub filter: Option<std::sync::Arc<filter::ContentFilter>>,
 }
 
 /// A request from a gate, as it enters the backend.

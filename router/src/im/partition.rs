@@ -23,9 +23,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use prost::Message as _;
+
 use super::biz::{self, GroupCall};
 use super::conv::{Conv, Page};
+use super::filter::Verdict;
 use super::ids::{MAX_NODE, MsgIdGen};
+use super::journal::{CursorRecord, DedupRecord, GroupRecord, Journal, JournalConfig, group_op};
 use super::user::{Dedup, Inbox, Presence, Seen};
 use super::{
     ConvKey, ImConfig, Input, Origin, Output, PartitionId, Reply, Request, partition_of_conv,
@@ -33,6 +37,7 @@ use super::{
 };
 use crate::idmap::IdMap;
 use crate::jwt::JwtVerifier;
+use crate::log::{self, Log, LogError, Record};
 use crate::{code, link};
 
 /// PULL `limit` when the request says 0.
@@ -119,6 +124,20 @@ const BAD_CONV_TYPE: Refusal = (
 );
 const NO_GROUP: Refusal = (code::NOT_FOUND, "no such group");
 const NOT_MEMBER: Refusal = (code::FORBIDDEN, "not a member of the group");
+const NO_STORAGE: Refusal = (
+    code::BACKEND_UNAVAILABLE,
+    "storage unavailable (disk full or failing); retry later",
+);
+
+/// What a partition's recovery found beyond the log's own report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    pub log: log::Recovery,
+    /// Records of a known kind whose payload did not decode (skipped).
+    pub undecodable: u64,
+    /// Records of a kind this version does not know (skipped).
+    pub unknown_kind: u64,
+}
 
 /// One partition's state.
 #[derive(Debug)]
@@ -137,6 +156,8 @@ pub struct Partition {
     presence: Presence,
     delivered: u64,
     undelivered: u64,
+    /// The durable log (`None`: memory only, `backend.data_dir = ""`).
+    journal: Option<Journal>,
 }
 
 impl Partition {
@@ -165,7 +186,238 @@ impl Partition {
             presence: Presence::default(),
             delivered: 0,
             undelivered: 0,
+            journal: None,
             config,
+        }
+    }
+
+    /// Partition `id` rebuilt from its log in `dir` (created when missing), journaling from
+    /// then on. Inboxes and the message-derived dedup entries are not rebuilt here: they come
+    /// from every partition's conversations (see `im::recovery`).
+    pub fn open(
+        id: PartitionId,
+        config: ImConfig,
+        dir: &std::path::Path,
+        journal: &JournalConfig,
+        now_ms: u64,
+    ) -> Result<(Self, Replayed), LogError> {
+        let mut partition = Self::new(id, config);
+        let mut replayed = Replayed::default();
+        let mut messages = Vec::new();
+        let (log, recovery) = Log::open(dir, journal.log.clone(), |rec| {
+            partition.replay(&rec, &mut messages, &mut replayed);
+        })?;
+        replayed.log = recovery;
+        let last_id = messages.iter().map(|&(_, id)| id).max().unwrap_or(0);
+        partition.ids = MsgIdGen::resume(id, last_id);
+        partition.group_counter = partition
+            .groups
+            .keys()
+            .map(|gid| gid / u64::from(partition.config.partitions))
+            .max()
+            .unwrap_or(0);
+        partition.journal = Some(Journal::new(log, journal.retention, &messages, now_ms));
+        Ok((partition, replayed))
+    }
+
+    /// Applies one journal record at open (see `journal` for what each kind means).
+    fn replay(
+        &mut self,
+        rec: &Record<'_>,
+        messages: &mut Vec<(u64, u64)>,
+        replayed: &mut Replayed,
+    ) {
+        let ok = match rec.kind {
+            log::kind::MESSAGE => link::Msg::decode(rec.payload).map(|msg| {
+                messages.push((rec.seq, msg.msg_id));
+                self.replay_message(msg);
+            }),
+            log::kind::MEMBERSHIP => {
+                GroupRecord::decode(rec.payload).map(|g| self.replay_group(g, rec.seq))
+            }
+            log::kind::CURSOR => {
+                CursorRecord::decode(rec.payload).map(|c| self.replay_cursor(&c, rec.seq))
+            }
+            log::kind::DEDUP => DedupRecord::decode(rec.payload).map(|d| {
+                self.dedup.restore(
+                    (d.from, d.client_msg_id),
+                    d.msg_id,
+                    d.server_time_ms,
+                    d.recorded_at,
+                );
+            }),
+            _ => {
+                replayed.unknown_kind += 1;
+                return;
+            }
+        };
+        if ok.is_err() {
+            replayed.undecodable += 1;
+        }
+    }
+
+    /// A group known by id only (its create record was retired and its snapshot is later in
+    /// the log): filled in by that snapshot.
+    fn group_for_replay(&mut self, gid: u64) -> &mut Group {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| Group::new(String::new(), Conv::default()))
+    }
+
+    fn replay_message(&mut self, msg: link::Msg) {
+        let Some(key) = ConvKey::seen_by(msg.from, msg.conv_type, msg.to) else {
+            return;
+        };
+        let conv = match key {
+            ConvKey::Single { low, high } => self
+                .singles
+                .entry((low, high))
+                .or_insert_with(|| Conv::with_readers([low, high])),
+            ConvKey::Group(gid) => &mut self.group_for_replay(gid).conv,
+        };
+        // Ids grow within a partition; anything else is a duplicate from a damaged log.
+        if msg.msg_id > conv.latest() {
+            conv.push(msg);
+        }
+    }
+
+    fn replay_group(&mut self, g: GroupRecord, seq: u64) {
+        let group = self.group_for_replay(g.group_id);
+        match g.op {
+            group_op::CREATE => {
+                group.name = g.name;
+                group
+                    .conv
+                    .set_readers(g.members.into_iter().map(|u| (u, 0)));
+                group.conv.state_since = Some(seq);
+            }
+            group_op::SNAPSHOT => {
+                group.name = g.name;
+                let cursors = g.cursors.into_iter().chain(std::iter::repeat(0));
+                group.conv.set_readers(g.members.into_iter().zip(cursors));
+                group.conv.state_since = Some(seq);
+            }
+            group_op::JOIN => {
+                for uid in g.members {
+                    group.conv.add_reader(uid);
+                }
+                group.conv.state_since.get_or_insert(seq);
+            }
+            group_op::LEAVE => {
+                for uid in g.members {
+                    group.conv.remove_reader(uid);
+                }
+                group.conv.state_since.get_or_insert(seq);
+            }
+            _ => {}
+        }
+    }
+
+    fn replay_cursor(&mut self, c: &CursorRecord, seq: u64) {
+        let conv = match c.conv() {
+            Some(ConvKey::Single { low, high }) => self
+                .singles
+                .entry((low, high))
+                .or_insert_with(|| Conv::with_readers([low, high])),
+            Some(ConvKey::Group(gid)) => &mut self.group_for_replay(gid).conv,
+            None => return,
+        };
+        conv.restore_cursor(c.uid, c.read_up_to);
+        conv.state_since.get_or_insert(seq);
+    }
+
+    /// After every partition opened: each reader's state of each conversation here, for its
+    /// user partition's inbox (`InboxSet` entries; `latest_msg_id` 0 are left out).
+    pub fn recovered_inboxes(&self) -> Vec<link::UserConv> {
+        let mut out = Vec::new();
+        let singles = self
+            .singles
+            .iter()
+            .map(|(&(low, high), c)| (ConvKey::Single { low, high }, c));
+        let groups = self
+            .groups
+            .iter()
+            .map(|(&gid, g)| (ConvKey::Group(gid), &g.conv));
+        for (key, conv) in singles.chain(groups) {
+            if conv.latest() == 0 {
+                continue;
+            }
+            out.extend(conv.readers().map(|uid| user_conv(conv, key, uid)));
+        }
+        out
+    }
+
+    /// After every partition opened: the dedup entries the stored messages younger than the
+    /// window imply (a crash between storing a message and recording its dedup entry must
+    /// not let a resend store it twice), for the senders' partitions.
+    pub fn recovered_dedup(&self, now_ms: u64) -> Vec<DedupRecord> {
+        let since = now_ms.saturating_sub(self.config.dedup_window_ms);
+        let singles = self.singles.values();
+        let groups = self.groups.values().map(|g| &g.conv);
+        singles
+            .chain(groups)
+            .flat_map(|conv| {
+                let msgs = conv.messages();
+                let start = msgs.partition_point(|m| m.server_time_ms < since);
+                msgs[start..].iter()
+            })
+            .filter(|m| m.client_msg_id != 0)
+            .map(|m| DedupRecord {
+                from: m.from,
+                client_msg_id: m.client_msg_id,
+                msg_id: m.msg_id,
+                server_time_ms: m.server_time_ms,
+                recorded_at: m.server_time_ms,
+            })
+            .collect()
+    }
+
+    /// Recovery: applies inbox states computed by the conversations' partitions.
+    pub fn restore_inboxes(&mut self, entries: Vec<link::UserConv>) {
+        self.apply_inbox_set(entries);
+    }
+
+    /// Recovery: remembers dedup entries implied by stored messages.
+    pub fn restore_dedup(&mut self, entries: impl IntoIterator<Item = DedupRecord>) {
+        for d in entries {
+            self.dedup.restore(
+                (d.from, d.client_msg_id),
+                d.msg_id,
+                d.server_time_ms,
+                d.recorded_at,
+            );
+        }
+        self.dedup.sort_fifo();
+    }
+
+    /// Changes the journal's space limit (a quota; the tests' way to fill a disk).
+    pub fn set_space_limit(&mut self, limit: Option<u64>) {
+        if let Some(j) = &mut self.journal {
+            j.set_space_limit(limit);
+        }
+    }
+
+    /// The journal, when the partition is durable.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// The journal's sync policy; `None` when memory only.
+    pub fn sync_policy(&self) -> Option<log::Sync> {
+        Some(self.journal.as_ref()?.log().sync_policy())
+    }
+
+    /// When the host must call [`Partition::sync_journal`]: `None` when nothing waits (or memory only,
+    /// or `backend.sync = "os"`).
+    pub fn sync_deadline(&self) -> Option<u64> {
+        self.journal.as_ref()?.sync_deadline()
+    }
+
+    /// Makes every journal append durable (an `msync`; blocks the calling thread).
+    pub fn sync_journal(&mut self) -> Result<(), LogError> {
+        match &mut self.journal {
+            Some(j) => j.sync(),
+            None => Ok(()),
         }
     }
 
@@ -206,6 +458,13 @@ impl Partition {
     /// Handles one input at `now_ms` (unix milliseconds), appending what the host must do.
     pub fn handle(&mut self, input: Input, now_ms: u64, out: &mut Vec<Output>) {
         self.dedup.prune(now_ms);
+        if self
+            .journal
+            .as_mut()
+            .is_some_and(|j| j.retention_due(now_ms))
+        {
+            self.retain(now_ms, out);
+        }
         match input {
             Input::Request { origin, request } => self.request(origin, request, now_ms, out),
             Input::Presence(p) => self.presence.apply(&p),
@@ -234,6 +493,19 @@ impl Partition {
                 let stored =
                     (result.code == code::OK).then_some((result.msg_id, result.server_time_ms));
                 self.dedup.finish((from, client_msg_id), stored, now_ms);
+                if let (Some((msg_id, server_time_ms)), Some(journal)) = (stored, &mut self.journal)
+                {
+                    // Best effort: a lost DEDUP record is rebuilt from the stored message at the
+                    // next start (within the window), so the answer stays OK.
+                    let record = DedupRecord {
+                        from,
+                        client_msg_id,
+                        msg_id,
+                        server_time_ms,
+                        recorded_at: now_ms,
+                    };
+                    let _ = journal.append(log::kind::DEDUP, now_ms, &record);
+                }
                 out.push(Output::Reply {
                     origin,
                     reply: Reply::Send(result),
@@ -270,16 +542,125 @@ impl Partition {
                     }));
                 }
             }
-            Input::InboxSet { entries } => {
-                for entry in entries {
-                    let Some(state) = entry.conv else { continue };
-                    let inbox = self.inboxes.entry(entry.uid).or_default();
-                    inbox.set(state);
-                    if inbox.is_empty() {
-                        self.inboxes.remove(&entry.uid);
+            Input::InboxSet { entries } => self.apply_inbox_set(entries),
+        }
+    }
+
+    fn apply_inbox_set(&mut self, entries: Vec<link::UserConv>) {
+        for entry in entries {
+            let Some(state) = entry.conv else { continue };
+            let inbox = self.inboxes.entry(entry.uid).or_default();
+            inbox.set(state);
+            if inbox.is_empty() {
+                self.inboxes.remove(&entry.uid);
+            }
+        }
+    }
+
+    /// Retention (checked at most every `RETENTION_CHECK_MS`): re-appends the live state the
+    /// retiring segments hold (group snapshots, cursors, dedup entries inside the window), drops
+    /// those segments, then forgets their messages and sends the readers their new states.
+    /// A failed append or removal leaves everything in place for the next check.
+    fn retain(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let Self {
+            journal: Some(journal),
+            groups,
+            singles,
+            dedup,
+            ..
+        } = self
+        else {
+            return;
+        };
+        let Some((cut, newest_before)) = journal.retention_cut(now_ms) else {
+            return;
+        };
+        for (&gid, group) in groups.iter_mut() {
+            if group.conv.state_since.is_none_or(|s| s >= cut) {
+                continue;
+            }
+            let (members, cursors) = group.conv.cursors().unzip();
+            let snapshot = GroupRecord {
+                op: group_op::SNAPSHOT,
+                group_id: gid,
+                name: group.name.clone(),
+                members,
+                cursors,
+            };
+            match journal.append(log::kind::MEMBERSHIP, now_ms, &snapshot) {
+                Ok(seq) => group.conv.state_since = Some(seq),
+                Err(_) => return,
+            }
+        }
+        for (&(low, high), conv) in singles.iter_mut() {
+            if conv.state_since.is_none_or(|s| s >= cut) {
+                continue;
+            }
+            let key = ConvKey::Single { low, high };
+            let mut first = None;
+            let moved: Vec<(u64, u64)> = conv.cursors().filter(|&(_, c)| c > 0).collect();
+            for (uid, cursor) in moved {
+                match journal.append(
+                    log::kind::CURSOR,
+                    now_ms,
+                    &CursorRecord::new(key, uid, cursor),
+                ) {
+                    Ok(seq) => {
+                        first.get_or_insert(seq);
                     }
+                    Err(_) => return,
                 }
             }
+            conv.state_since = first;
+        }
+        let live: Vec<DedupRecord> = dedup
+            .stored_until(newest_before, now_ms)
+            .map(
+                |((from, client_msg_id), msg_id, server_time_ms, recorded_at)| DedupRecord {
+                    from,
+                    client_msg_id,
+                    msg_id,
+                    server_time_ms,
+                    recorded_at,
+                },
+            )
+            .collect();
+        for d in &live {
+            if journal.append(log::kind::DEDUP, now_ms, d).is_err() {
+                return;
+            }
+        }
+        let max_id = match journal.drop_before(cut) {
+            Ok(max_id) => max_id,
+            Err(err) => {
+                tracing::error!(%err, "journal retention failed");
+                return;
+            }
+        };
+        if max_id == 0 {
+            return;
+        }
+        let mut states = Vec::new();
+        singles.retain(|&(low, high), conv| {
+            if conv.drop_through(max_id) {
+                let key = ConvKey::Single { low, high };
+                states.extend(conv.readers().map(|uid| user_conv(conv, key, uid)));
+            }
+            conv.len() > 0 || conv.state_since.is_some()
+        });
+        for (&gid, group) in groups.iter_mut() {
+            if group.conv.drop_through(max_id) {
+                let key = ConvKey::Group(gid);
+                states.extend(
+                    group
+                        .conv
+                        .readers()
+                        .map(|uid| user_conv(&group.conv, key, uid)),
+                );
+            }
+        }
+        if !states.is_empty() {
+            inbox_set(states, self.config.partitions, out);
         }
     }
 
@@ -291,9 +672,9 @@ impl Partition {
                 None => return, // forwarded to the conversation; answered on Stored
             },
             Request::Pull(pull) => Reply::Pull(self.pull(&pull)),
-            Request::Read(read) => Reply::Read(self.read(&read, out)),
+            Request::Read(read) => Reply::Read(self.read(&read, now_ms, out)),
             Request::Sync(sync) => Reply::Sync(self.sync(&sync)),
-            Request::Biz(call) => Reply::Biz(self.biz(&call, out)),
+            Request::Biz(call) => Reply::Biz(self.biz(&call, now_ms, out)),
         };
         out.push(Output::Reply { origin, reply });
     }
@@ -346,6 +727,19 @@ impl Partition {
                 "retry: this client_msg_id is being stored",
             )),
             Seen::New => {
+                let mut send = send;
+                if let Some(filter) = &self.config.filter {
+                    match filter.check(&send.body) {
+                        Verdict::Clean => {}
+                        Verdict::Reject => {
+                            return Some(send_refused(
+                                code::CONTENT_REJECTED,
+                                "refused by the content filter",
+                            ));
+                        }
+                        Verdict::Masked(body) => send.body = body.into(),
+                    }
+                }
                 self.dedup.mark_pending(key);
                 out.push(Output::ToPartition {
                     partition: partition_of_conv(conv, self.config.partitions),
@@ -404,6 +798,11 @@ impl Partition {
             server_time_ms: now_ms,
             client_msg_id: send.client_msg_id,
         };
+        if let Some(journal) = &mut self.journal
+            && journal.append_message(now_ms, &msg).is_err()
+        {
+            return send_refused(NO_STORAGE.0, NO_STORAGE.1);
+        }
         conv.push(msg.clone());
         let result = link::SendResult {
             code: code::OK,
@@ -486,13 +885,6 @@ impl Partition {
         }
     }
 
-    fn conv_mut(&mut self, key: ConvKey) -> Option<&mut Conv> {
-        match key {
-            ConvKey::Single { low, high } => self.singles.get_mut(&(low, high)),
-            ConvKey::Group(gid) => self.groups.get_mut(&gid).map(|g| &mut g.conv),
-        }
-    }
-
     fn pull(&self, pull: &link::Pull) -> link::PullResult {
         let refused = |(code, message): Refusal| link::PullResult {
             code,
@@ -525,7 +917,7 @@ impl Partition {
         }
     }
 
-    fn read(&mut self, read: &link::Read, out: &mut Vec<Output>) -> link::ReadResult {
+    fn read(&mut self, read: &link::Read, now_ms: u64, out: &mut Vec<Output>) -> link::ReadResult {
         let refused = |(code, message): Refusal| link::ReadResult {
             code,
             message: message.to_owned(),
@@ -537,12 +929,35 @@ impl Partition {
             return refused(refusal);
         }
         let partitions = self.config.partitions;
-        let Some(conv) = self.conv_mut(key) else {
+        let Self {
+            singles,
+            groups,
+            journal,
+            ..
+        } = self;
+        let conv = match key {
+            ConvKey::Single { low, high } => singles.get_mut(&(low, high)),
+            ConvKey::Group(gid) => groups.get_mut(&gid).map(|g| &mut g.conv),
+        };
+        let Some(conv) = conv else {
             return link::ReadResult::default(); // nothing to read yet
         };
-        let Some(applied) = conv.read(read.uid, read.read_up_to) else {
+        let Some(applied) = conv.read_target(read.uid, read.read_up_to) else {
             return link::ReadResult::default(); // moved nothing: OK, nothing sent
         };
+        if let Some(journal) = journal {
+            match journal.append(
+                log::kind::CURSOR,
+                now_ms,
+                &CursorRecord::new(key, read.uid, applied),
+            ) {
+                Ok(seq) => {
+                    conv.state_since.get_or_insert(seq);
+                }
+                Err(_) => return refused(NO_STORAGE),
+            }
+        }
+        conv.read(read.uid, applied);
         inbox_set(vec![user_conv(conv, key, read.uid)], partitions, out);
         let recipients = match key {
             ConvKey::Single { .. } if read.conv_id != read.uid => vec![read.conv_id, read.uid],
@@ -561,7 +976,7 @@ impl Partition {
 
     // ---- BIZ ----------------------------------------------------------------------------------
 
-    fn biz(&mut self, call: &link::Biz, out: &mut Vec<Output>) -> link::BizResult {
+    fn biz(&mut self, call: &link::Biz, now_ms: u64, out: &mut Vec<Output>) -> link::BizResult {
         if call.uid == 0 {
             return biz::refuse(code::BAD_REQUEST, "uid 0 is invalid");
         }
@@ -572,11 +987,32 @@ impl Partition {
                 let Some(group_id) = self.mint_group_id() else {
                     return biz::refuse(code::INTERNAL, "no group id left in this partition");
                 };
-                let conv = Conv::with_readers(members.into_iter().chain([call_uid]));
+                let mut conv = Conv::with_readers(members.into_iter().chain([call_uid]));
+                let record = GroupRecord {
+                    op: group_op::CREATE,
+                    group_id,
+                    name: name.clone(),
+                    members: conv.readers().collect(),
+                    cursors: Vec::new(),
+                };
+                match self.journal_group(&record, now_ms) {
+                    Ok(seq) => conv.state_since = seq,
+                    Err(()) => return biz::refuse(NO_STORAGE.0, NO_STORAGE.1),
+                }
                 self.groups.insert(group_id, Group::new(name, conv));
                 biz::ok(&biz::Created { group_id })
             }
             Ok(GroupCall::Join(gid)) => {
+                let Some(group) = self.groups.get(&gid) else {
+                    return biz::refuse(NO_GROUP.0, NO_GROUP.1);
+                };
+                if !group.conv.is_reader(call_uid)
+                    && self
+                        .journal_change(group_op::JOIN, gid, call_uid, now_ms)
+                        .is_err()
+                {
+                    return biz::refuse(NO_STORAGE.0, NO_STORAGE.1);
+                }
                 let Some(group) = self.groups.get_mut(&gid) else {
                     return biz::refuse(NO_GROUP.0, NO_GROUP.1);
                 };
@@ -591,6 +1027,16 @@ impl Partition {
                 biz::ok(&biz::Empty {})
             }
             Ok(GroupCall::Leave(gid)) => {
+                let Some(group) = self.groups.get(&gid) else {
+                    return biz::refuse(NO_GROUP.0, NO_GROUP.1);
+                };
+                if group.conv.is_reader(call_uid)
+                    && self
+                        .journal_change(group_op::LEAVE, gid, call_uid, now_ms)
+                        .is_err()
+                {
+                    return biz::refuse(NO_STORAGE.0, NO_STORAGE.1);
+                }
                 let Some(group) = self.groups.get_mut(&gid) else {
                     return biz::refuse(NO_GROUP.0, NO_GROUP.1);
                 };
@@ -620,6 +1066,34 @@ impl Partition {
                 }),
             },
         }
+    }
+
+    /// Journals a group record: `Ok(Some(seq))`, `Ok(None)` when memory only, `Err` when the
+    /// append failed (the caller refuses and changes nothing).
+    fn journal_group(&mut self, record: &GroupRecord, now_ms: u64) -> Result<Option<u64>, ()> {
+        match &mut self.journal {
+            None => Ok(None),
+            Some(j) => j
+                .append(log::kind::MEMBERSHIP, now_ms, record)
+                .map(Some)
+                .map_err(|_| ()),
+        }
+    }
+
+    /// Journals one member joining or leaving `gid` and notes it in the group's state.
+    fn journal_change(&mut self, op: u32, gid: u64, uid: u64, now_ms: u64) -> Result<(), ()> {
+        let record = GroupRecord {
+            op,
+            group_id: gid,
+            members: vec![uid],
+            ..Default::default()
+        };
+        if let Some(seq) = self.journal_group(&record, now_ms)?
+            && let Some(group) = self.groups.get_mut(&gid)
+        {
+            group.conv.state_since.get_or_insert(seq);
+        }
+        Ok(())
     }
 
     /// A new group id that lives in this partition: `counter * partitions + id` for the next

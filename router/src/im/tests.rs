@@ -1,6 +1,7 @@
 //! Cluster tests of the IM logic: a [`Cluster`] of partitions on virtual time, with the host's
 //! job done by the harness (route requests, hand `ToPartition` inputs over in per-pair FIFO
-//! order, collect replies and downlink). Never touches IO or the clock.
+//! order, collect replies and downlink). Never touches IO or the clock, except `durable`, whose
+//! partitions journal into temp directories.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -9,6 +10,8 @@ use prost::Message as _;
 
 use super::*;
 use crate::{code, conv, jwt};
+
+mod durable;
 
 const T0: u64 = 1_760_000_000_000;
 const SECRET: &[u8] = b"backend-secret";
@@ -21,6 +24,7 @@ fn config(partitions: u32, push_threshold: u32) -> ImConfig {
         push_threshold,
         dedup_window_ms: DEDUP_WINDOW_MS,
         auth_secret: SECRET.to_vec(),
+        filter: None,
     }
 }
 
@@ -65,6 +69,8 @@ struct Cluster {
     delivers: Vec<link::Deliver>,
     notifies: Vec<link::NotifyUsers>,
     receipts: Vec<link::ReadReceiptOut>,
+    /// The data directory's lock when the partitions journal (see `durable`).
+    data: Option<recovery::DataDirLock>,
 }
 
 impl Cluster {
@@ -86,6 +92,7 @@ impl Cluster {
             delivers: Vec::new(),
             notifies: Vec::new(),
             receipts: Vec::new(),
+            data: None,
         }
     }
 

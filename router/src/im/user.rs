@@ -253,6 +253,52 @@ impl Dedup {
         }
     }
 
+    /// Replay: remembers `key` as stored, recorded at `recorded_at`, unless a later recording
+    /// is known. Call [`Dedup::sort_fifo`] when done.
+    pub fn restore(&mut self, key: (u64, u64), msg_id: u64, server_time_ms: u64, recorded_at: u64) {
+        if let Some(DedupEntry::Stored { recorded_at: r, .. }) = self.entries.get(&key)
+            && *r >= recorded_at
+        {
+            return;
+        }
+        self.entries.insert(
+            key,
+            DedupEntry::Stored {
+                msg_id,
+                server_time_ms,
+                recorded_at,
+            },
+        );
+        self.fifo.push_back((recorded_at, key));
+    }
+
+    /// Puts the FIFO back in `recorded_at` order after [`Dedup::restore`]s in any order.
+    pub fn sort_fifo(&mut self) {
+        self.fifo.make_contiguous().sort_unstable();
+    }
+
+    /// The live stored entries recorded at or before `until_ms`, unexpired at `now_ms`, as
+    /// `(key, msg_id, server_time_ms, recorded_at)` (retention re-appends them).
+    pub fn stored_until(
+        &self,
+        until_ms: u64,
+        now_ms: u64,
+    ) -> impl Iterator<Item = ((u64, u64), u64, u64, u64)> + '_ {
+        self.fifo
+            .iter()
+            .take_while(move |&&(at, _)| at <= until_ms)
+            .filter_map(move |&(at, key)| match self.entries.get(&key) {
+                Some(&DedupEntry::Stored {
+                    msg_id,
+                    server_time_ms,
+                    recorded_at,
+                }) if recorded_at == at && !self.expired(at, now_ms) => {
+                    Some((key, msg_id, server_time_ms, recorded_at))
+                }
+                _ => None,
+            })
+    }
+
     /// Entries held (pending and stored, expired or not yet pruned).
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -1,6 +1,7 @@
 //! A segmented append-only log on memmap2: the durable foundation of the reference backend
 //! (issue 7). One [`Log`] per backend partition owns one directory; nothing else writes there
-//! and no lock is shared. Not wired into the backend yet.
+//! and no lock is shared. The reference backend's use of it (record encodings, replay,
+//! retention of live state) is `crate::im::journal`.
 //!
 //! **Owns**: the directory's segment files, the mapping of the active (last) segment, the next
 //! sequence number and the per-segment metadata retention decides on. **Never**: interprets a
@@ -485,6 +486,62 @@ impl Log {
             segment::sync_dir(&self.dir)?;
         }
         Ok(dropped)
+    }
+
+    /// Where [`Log::drop_before`] would cut under `policy` at `now_ms`: the `base_seq` of the
+    /// first segment that stays when sealed segments go oldest first and *in order* (a prefix:
+    /// the first segment the policy keeps stops the cut). `None` when nothing would go. The
+    /// reference backend re-appends the live state held before the cut, then drops the prefix.
+    pub fn retention_cut(&self, now_ms: u64, policy: &Retention) -> Option<u64> {
+        let mut total = self.disk_bytes();
+        let mut cut = None;
+        for info in &self.sealed {
+            let over = policy.max_bytes.is_some_and(|max| total > max);
+            let old = policy
+                .max_age_ms
+                .is_some_and(|age| now_ms.saturating_sub(info.newest_ms) > age);
+            if !(over || old) {
+                break;
+            }
+            total -= info.bytes;
+            cut = Some(info.base_seq);
+        }
+        // The segment after the last one going: the next sealed one, or the active one.
+        let last_going = cut?;
+        self.segments()
+            .map(|s| s.base_seq)
+            .find(|&base| base > last_going)
+    }
+
+    /// Drops every sealed segment whose `base_seq` is below `cut` (never the active one),
+    /// oldest first. Returns what was dropped; a failed removal stops there with an error (the
+    /// segments before it are gone, the rest stay listed).
+    pub fn drop_before(&mut self, cut: u64) -> Result<Vec<SegmentInfo>, LogError> {
+        let mut dropped = Vec::new();
+        while self.sealed.first().is_some_and(|s| s.base_seq < cut) {
+            let path = self.dir.join(segment_name(self.sealed[0].base_seq));
+            fs::remove_file(&path).map_err(LogError::io("remove", &path))?;
+            dropped.push(self.sealed.remove(0));
+        }
+        if !dropped.is_empty() && self.opts.sync != Sync::Os {
+            segment::sync_dir(&self.dir)?;
+        }
+        Ok(dropped)
+    }
+
+    /// The `base_seq` of the active segment (where the next append lands unless it rolls).
+    pub fn active_base(&self) -> u64 {
+        self.active_info.base_seq
+    }
+
+    /// Whether appends are waiting for [`Log::sync`] (under any policy).
+    pub fn is_dirty(&self) -> bool {
+        self.dirty_since.is_some()
+    }
+
+    /// The sync policy the log was opened with.
+    pub fn sync_policy(&self) -> Sync {
+        self.opts.sync
     }
 
     /// The sequence number the next append gets.

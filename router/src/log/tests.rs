@@ -262,6 +262,40 @@ fn retention_drops_old_and_oversized_segments_unless_kept() {
 }
 
 #[test]
+fn retention_cut_is_a_prefix_and_drop_before_removes_exactly_it() {
+    let tmp = TempDir::new("cut");
+    let (mut log, _, _) = open(tmp.path(), opts(4096));
+    for i in 1..=300u64 {
+        log.append(kind::MESSAGE, i * 10, &payload(i, 100))
+            .expect("append");
+    }
+    let before: Vec<SegmentInfo> = log.segments().cloned().collect();
+    assert!(before.len() >= 6);
+    let age = Retention {
+        max_age_ms: Some(1000),
+        max_bytes: None,
+    };
+    // Nothing old enough yet.
+    assert_eq!(log.retention_cut(before[0].newest_ms + 1000, &age), None);
+    // The first three are older than the age: the cut is the fourth's base.
+    let now = before[2].newest_ms + 1001;
+    assert_eq!(log.retention_cut(now, &age), Some(before[3].base_seq));
+    let dropped = log.drop_before(before[3].base_seq).expect("drop");
+    assert_eq!(dropped.len(), 3);
+    assert!(!segment_path(tmp.path(), before[2].base_seq).exists());
+    assert!(segment_path(tmp.path(), before[3].base_seq).exists());
+    // By size the cut never passes the active segment.
+    let all = Retention {
+        max_bytes: Some(0),
+        max_age_ms: None,
+    };
+    assert_eq!(log.retention_cut(now, &all), Some(log.active_base()));
+    log.drop_before(u64::MAX).expect("drop");
+    assert_eq!(log.segments().count(), 1, "the active segment stays");
+    assert_eq!(log.retention_cut(now, &all), None);
+}
+
+#[test]
 fn a_full_disk_fails_appends_without_harm_and_they_resume_when_space_returns() {
     let tmp = TempDir::new("enospc");
     let o = Options {

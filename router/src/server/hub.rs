@@ -650,6 +650,7 @@ mod tests {
             push_threshold: 200,
             dedup_window_ms: crate::im::DEDUP_WINDOW_MS,
             auth_secret: Vec::new(),
+            filter: None,
         }))
     }
 

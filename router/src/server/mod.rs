@@ -68,6 +68,8 @@ pub enum StartError {
     },
     #[error("cannot start the router thread: {0}")]
     Executor(String),
+    #[error("cannot open the reference backend's data: {0}")]
+    Storage(#[from] crate::im::recovery::RecoveryError),
 }
 
 /// A running router. Dropping it stops it: listeners and every link close.
@@ -141,10 +143,34 @@ fn bind(addr: SocketAddr) -> Result<(OwnedFd, SocketAddr), StartError> {
     Ok((OwnedFd::from(listener), local))
 }
 
-/// Starts the router around the reference IM logic.
+/// Starts the router around the reference IM logic: its data opened from `backend.data_dir`
+/// (replayed before the router listens) or fresh in memory.
 pub fn start(settings: RouterSettings) -> Result<RouterHandle, StartError> {
-    start_with(settings, |s| ReferenceIm::new(s.im.clone()))
+    let service = match &settings.storage {
+        Some(storage) => {
+            let started = std::time::Instant::now();
+            let opened = crate::im::recovery::open(storage, &settings.im, now_ms())?;
+            tracing::info!(
+                dir = %storage.dir.display(),
+                partitions = settings.im.partitions,
+                records = opened.records(),
+                ms = started.elapsed().as_millis() as u64,
+                "reference backend data loaded"
+            );
+            ReferenceIm::opened(opened)
+        }
+        None => {
+            tracing::warn!(
+                "backend.data_dir is empty: messages are kept in memory only and lost when the router stops"
+            );
+            ReferenceIm::new(settings.im.clone())
+        }
+    };
+    start_with(settings, move |_| service)
 }
+
+/// How often the router lets its service do timed work ([`Service::tick`]).
+const SERVICE_TICK: Duration = Duration::from_millis(50);
 
 /// Starts the router around the [`Service`] `make` builds on the router thread.
 pub fn start_with<S, F>(settings: RouterSettings, make: F) -> Result<RouterHandle, StartError>
@@ -185,6 +211,17 @@ where
             let mut stop =
                 unsafe { glommio::net::UnixStream::from_raw_fd(stop_theirs.into_raw_fd()) };
             let _ = ready_tx.send(());
+            let ticking = Rc::downgrade(&server);
+            glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(SERVICE_TICK).await;
+                    let Some(server) = ticking.upgrade() else {
+                        return;
+                    };
+                    server.hub.borrow_mut().service_mut().tick(now_ms());
+                }
+            })
+            .detach();
             let serving = async {
                 if let Some(http_listener) = http_listener {
                     glommio::spawn_local(http::accept_loop(Rc::clone(&server), http_listener))

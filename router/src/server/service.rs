@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 
+use crate::im::recovery::{DataDirLock, Opened};
 use crate::im::{
     ImConfig, Input, Origin, Output, Partition, PartitionId, Request, partition_of_user, route,
     route_presence,
@@ -20,6 +21,8 @@ pub trait Service {
     fn presence(&mut self, presence: link::Presence, now_ms: u64, out: &mut Vec<Output>);
     /// PUSHes delivered or given up on by a gate.
     fn report(&mut self, report: link::DeliveryReport, now_ms: u64, out: &mut Vec<Output>);
+    /// Timed work (a log flush due, say); called every few tens of milliseconds.
+    fn tick(&mut self, _now_ms: u64) {}
 }
 
 /// The reference IM logic (`crate::im`) with every partition in this thread: the same code the
@@ -29,6 +32,11 @@ pub struct ReferenceIm {
     count: u32,
     work: VecDeque<(PartitionId, Input)>,
     scratch: Vec<Output>,
+    /// `backend.sync = "always"`: each input's journal appends are synced before its outputs
+    /// leave.
+    sync_always: bool,
+    /// The data directory's lock, held as long as the partitions journal into it.
+    _data: Option<DataDirLock>,
 }
 
 impl ReferenceIm {
@@ -41,6 +49,36 @@ impl ReferenceIm {
             count,
             work: VecDeque::new(),
             scratch: Vec::new(),
+            sync_always: false,
+            _data: None,
+        }
+    }
+
+    /// The partitions of an opened data directory (`crate::im::recovery::open`).
+    pub fn opened(opened: Opened) -> Self {
+        let count = opened.partitions.len() as u32;
+        let sync_always = opened
+            .partitions
+            .iter()
+            .any(|p| p.sync_policy() == Some(crate::log::Sync::Always));
+        Self {
+            partitions: opened.partitions,
+            count,
+            work: VecDeque::new(),
+            scratch: Vec::new(),
+            sync_always,
+            _data: Some(opened.lock),
+        }
+    }
+
+    /// Syncs every partition whose journal deadline is at or before `now_ms`.
+    fn sync_due(&mut self, now_ms: u64) {
+        for p in &mut self.partitions {
+            if p.sync_deadline().is_some_and(|d| d <= now_ms)
+                && let Err(err) = p.sync_journal()
+            {
+                tracing::error!(partition = p.id(), %err, "journal sync failed; retrying");
+            }
         }
     }
 
@@ -62,6 +100,9 @@ impl ReferenceIm {
                     other => out.push(other),
                 }
             }
+        }
+        if self.sync_always {
+            self.sync_due(now_ms);
         }
     }
 
@@ -89,5 +130,9 @@ impl Service for ReferenceIm {
     fn report(&mut self, report: link::DeliveryReport, now_ms: u64, out: &mut Vec<Output>) {
         let partition = partition_of_user(report.uid, self.count);
         self.run(partition, Input::Report(report), now_ms, out);
+    }
+
+    fn tick(&mut self, now_ms: u64) {
+        self.sync_due(now_ms);
     }
 }
