@@ -23,6 +23,8 @@ heartbeat_secs = 300
 
 [backend]
 push_threshold = 2000
+# Memory only, like nats-server core: the comparison is of delivery.
+data_dir = ""
 
 [limits]
 msgs_per_sec = 1000000

@@ -22,7 +22,8 @@ for auth in dev jwt; do
   {
     printf '[gate]\nlisten = "127.0.0.1:%s"\nshards = 1\nheartbeat_secs = 300\n\n' "$PORT"
     [ "$auth" = jwt ] && printf '[auth]\nmode = "jwt"\nsecret = "%s"\n\n' "$SECRET"
-    printf '[backend]\npush_threshold = 2000\n\n'
+    # Memory only, like nats-server core (no persistence): the comparison is of delivery.
+    printf '[backend]\npush_threshold = 2000\ndata_dir = ""\n\n'
     printf '[limits]\nmsgs_per_sec = 1000000\nburst = 1000000\n\n'
     printf '[delivery]\nmax_pending = 100000\n'
   } > "$out/gate-$auth.toml"

@@ -384,3 +384,99 @@ fn the_content_filter_rejects_or_masks_what_is_stored_and_pushed() {
         b"oh **** it"
     );
 }
+
+#[test]
+fn randomized_operations_with_restarts_match_a_cluster_that_never_restarted() {
+    let tmp = TempDir::new("model");
+    let st = storage(tmp.path(), 8192, Retention::default());
+    let mut durable = Cluster::open(&st, config(PARTITIONS, THRESHOLD), T0).expect("opens");
+    let mut model = Cluster::new(PARTITIONS, THRESHOLD);
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let users: Vec<u64> = (1..=12).collect();
+    let mut groups: Vec<u64> = Vec::new();
+    let mut cmid = 0u64;
+    for step in 0..1500u32 {
+        let now = T0 + u64::from(step) * 37;
+        durable.now = durable.now.max(now);
+        model.now = durable.now;
+        let uid = *rng.pick(&users);
+        match rng.below(100) {
+            0..=44 => {
+                // A SEND, sometimes a resend of an earlier client_msg_id.
+                let id = if cmid > 0 && rng.chance(10) {
+                    1 + rng.below(cmid)
+                } else {
+                    cmid += 1;
+                    cmid
+                };
+                let s = if !groups.is_empty() && rng.chance(40) {
+                    group(uid, *rng.pick(&groups), id, "g")
+                } else {
+                    single(uid, *rng.pick(&users), id, "s")
+                };
+                assert_eq!(durable.send(s.clone()), model.send(s), "step {step}: SEND");
+            }
+            45..=59 => {
+                let peer = *rng.pick(&users);
+                let up_to = rng.next() >> 1;
+                let (t, id) = if !groups.is_empty() && rng.chance(50) {
+                    (conv::GROUP, *rng.pick(&groups))
+                } else {
+                    (conv::SINGLE, peer)
+                };
+                assert_eq!(
+                    durable.read(uid, t, id, up_to),
+                    model.read(uid, t, id, up_to),
+                    "step {step}: READ"
+                );
+            }
+            60..=64 => {
+                let members: Vec<u64> = users.iter().copied().filter(|_| rng.chance(40)).collect();
+                let (a, b) = (
+                    durable.create_group(uid, &members),
+                    model.create_group(uid, &members),
+                );
+                assert_eq!(a, b, "step {step}: group ids");
+                groups.push(a);
+            }
+            65..=74 if !groups.is_empty() => {
+                let gid = *rng.pick(&groups);
+                let method = if rng.chance(50) { "join" } else { "leave" };
+                assert_eq!(
+                    durable.group_call(uid, method, gid),
+                    model.group_call(uid, method, gid),
+                    "step {step}: {method}"
+                );
+            }
+            75..=77 => {
+                // A crash at a quiet moment: nothing in flight is lost, memory is.
+                durable = durable.restart(&st, 0);
+            }
+            _ => {
+                let (mut a, mut b) = (durable.sync(uid), model.sync(uid));
+                a.convs.sort_by_key(|c| (c.conv_type, c.conv_id));
+                b.convs.sort_by_key(|c| (c.conv_type, c.conv_id));
+                assert_eq!(a, b, "step {step}: SYNC of {uid}");
+            }
+        }
+        durable.take_delivers();
+        model.take_delivers();
+    }
+    let mut durable = durable.restart(&st, 0);
+    for &uid in &users {
+        let (mut a, mut b) = (durable.sync(uid), model.sync(uid));
+        a.convs.sort_by_key(|c| (c.conv_type, c.conv_id));
+        b.convs.sort_by_key(|c| (c.conv_type, c.conv_id));
+        assert_eq!(a, b, "final SYNC of {uid}");
+        for &peer in &users {
+            assert_eq!(
+                pull_all(&mut durable, uid, conv::SINGLE, peer),
+                pull_all(&mut model, uid, conv::SINGLE, peer)
+            );
+        }
+    }
+    for &gid in &groups {
+        let members = model.group_call(1, "members", gid);
+        assert_eq!(durable.group_call(1, "members", gid), members);
+    }
+}
