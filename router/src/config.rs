@@ -590,7 +590,7 @@ mod tests {
         ] {
             let err = match Config::from_toml(toml) {
                 Err(e) => e.to_string(),
-                Ok(c) => c.validate().err().expect("refused").to_string(),
+                Ok(c) => c.validate().expect_err("refused").to_string(),
             };
             assert!(err.contains(key), "{toml}: {err}");
         }
