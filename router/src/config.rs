@@ -12,12 +12,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::im::{DEDUP_WINDOW_MS, ImConfig};
 use crate::link::frame::{DEFAULT_MAX_FRAME, MIN_MAX_FRAME};
+use crate::logging::{LogConfig, LogSettings};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub router: RouterConfig,
     pub backend: BackendConfig,
+    pub log: LogConfig,
 }
 
 /// `[router]`: the link server and the HTTP API.
@@ -155,9 +157,10 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The key table formatted for `--help`.
+/// The key table formatted for `--help`: [`KEYS`] and the `[log]` keys.
 pub fn keys_help() -> String {
-    format_keys(KEYS)
+    let keys: Vec<_> = KEYS.iter().chain(crate::logging::KEYS).copied().collect();
+    format_keys(&keys)
 }
 
 /// A `(key, default, meaning)` table as `--help` prints it, columns as wide as their longest
@@ -222,6 +225,7 @@ pub struct RouterSettings {
     pub link_queue: usize,
     pub io_memory: usize,
     pub im: ImConfig,
+    pub log: LogSettings,
 }
 
 fn addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -302,6 +306,7 @@ impl Config {
         if !(1..=1024).contains(&b.partitions) {
             return Err(invalid("backend.partitions", "must be between 1 and 1024"));
         }
+        let log = self.log.validate()?;
         Ok(RouterSettings {
             id: if r.id.is_empty() {
                 format!("router-{}", listen.port())
@@ -327,6 +332,7 @@ impl Config {
                 dedup_window_ms: DEDUP_WINDOW_MS,
                 auth_secret: b.auth_secret.clone().into_bytes(),
             },
+            log,
         })
     }
 }
@@ -367,7 +373,11 @@ mod tests {
             }
         }
         keys.sort();
-        let mut documented: Vec<String> = KEYS.iter().map(|(k, _, _)| k.to_string()).collect();
+        let mut documented: Vec<String> = KEYS
+            .iter()
+            .chain(crate::logging::KEYS)
+            .map(|(k, _, _)| k.to_string())
+            .collect();
         documented.sort();
         assert_eq!(keys, documented);
     }
