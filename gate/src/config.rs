@@ -9,6 +9,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use router::logging::{LogConfig, LogSettings};
 use serde::{Deserialize, Serialize};
 
 /// The whole file. Unknown keys are refused, so a typo never silently falls back to a default.
@@ -20,6 +21,7 @@ pub struct Config {
     pub backend: BackendConfig,
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
+    pub log: LogConfig,
 }
 
 /// `[delivery]`: the reliable delivery engine (PROTOCOL.md "Session rules" 4 and 6).
@@ -364,9 +366,14 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Every key the file accepts: [`KEYS`] and the `[log]` keys the gate shares with the router.
+pub fn all_keys() -> Vec<(&'static str, &'static str, &'static str)> {
+    KEYS.iter().chain(router::logging::KEYS).copied().collect()
+}
+
 /// The key table formatted for `--help`.
 pub fn keys_help() -> String {
-    router::config::format_keys(KEYS)
+    router::config::format_keys(&all_keys())
 }
 
 /// A configuration that cannot be used; names the key and the reason (one type for the gate
@@ -395,6 +402,8 @@ pub struct Settings {
     pub backend: BackendConfig,
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
+    /// Log level and format (`[log]`).
+    pub log: LogSettings,
     /// Connections the gate holds (resolved: never above what the open-file limit allows).
     pub max_connections: usize,
     /// Adjustments made while validating, for the start-up log.
@@ -591,6 +600,7 @@ impl Config {
         if b.queue < 16 {
             return Err(invalid("backend.queue", "must be at least 16"));
         }
+        let log = self.log.validate()?;
         let gate_id = if g.id.is_empty() {
             format!("{}:{}", hostname(), listen.port())
         } else {
@@ -614,6 +624,7 @@ impl Config {
             backend: self.backend.clone(),
             delivery: self.delivery.clone(),
             limits: self.limits.clone(),
+            log,
             max_connections,
             warnings,
         })
@@ -623,6 +634,11 @@ impl Config {
 /// Descriptors kept for listeners, executors, rings and log files, plus per shard.
 const FD_RESERVE: usize = 64;
 const FD_RESERVE_PER_SHARD: usize = 16;
+
+/// Descriptors the gate keeps for itself beside its connections, with `shards` shards.
+pub fn fd_reserve(shards: usize) -> usize {
+    FD_RESERVE + FD_RESERVE_PER_SHARD * shards
+}
 
 /// Connections the open-file limit leaves room for.
 fn connections_allowed(shards: usize) -> usize {
@@ -636,7 +652,7 @@ fn connections_allowed(shards: usize) -> usize {
     {
         return 1 << 20;
     }
-    let reserve = FD_RESERVE + FD_RESERVE_PER_SHARD * shards;
+    let reserve = fd_reserve(shards);
     usize::try_from(limit.rlim_cur)
         .unwrap_or(usize::MAX)
         .saturating_sub(reserve)
@@ -680,7 +696,8 @@ mod tests {
         let mut accepted = Vec::new();
         flatten("", &value, &mut accepted);
         accepted.sort();
-        let mut documented: Vec<String> = KEYS.iter().map(|(k, _, _)| k.to_string()).collect();
+        let mut documented: Vec<String> =
+            all_keys().iter().map(|(k, _, _)| k.to_string()).collect();
         documented.sort();
         assert_eq!(accepted, documented);
     }
@@ -742,6 +759,7 @@ mod tests {
             ("[gate]\nio_memory_kib = 4\n", "gate.io_memory_kib"),
             ("[gate]\nheartbeat_secs = 0\n", "gate.heartbeat_secs"),
             ("[gate]\nlisten = \"nonsense\"\n", "gate.listen"),
+            ("[log]\nlevel = \"loud\"\n", "log.level"),
         ] {
             let err = Config::from_toml(text)
                 .unwrap()
