@@ -1,0 +1,91 @@
+//! The `router` binary speaks to systemd (a `Type=notify` unit): READY=1 once its listeners
+//! accept, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1 at SIGTERM, over a real datagram
+//! socket named by NOTIFY_SOCKET. Every wait has a deadline.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Kills the child if the test ends early.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The next datagram, or a panic at the deadline.
+fn next(sock: &UnixDatagram, until: Instant) -> String {
+    let left = until.saturating_duration_since(Instant::now());
+    assert!(!left.is_zero(), "deadline passed");
+    sock.set_read_timeout(Some(left)).expect("set timeout");
+    let mut buf = [0u8; 512];
+    let n = sock
+        .recv(&mut buf)
+        .expect("a notification before the deadline");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn router_notifies_ready_watchdog_and_stopping() {
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("imgate-notify-router-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let socket = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&socket).expect("bind the notify socket");
+    let config = dir.join("router.toml");
+    std::fs::write(
+        &config,
+        "[router]\nlisten = \"127.0.0.1:0\"\nhttp_listen = \"\"\n[log]\nlevel = \"warn\"\n",
+    )
+    .expect("write config");
+    let child = Command::new(env!("CARGO_BIN_EXE_router"))
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the router");
+    let mut router = Running(child);
+    let pid = router.0.id();
+    let until = Instant::now() + DEADLINE;
+
+    let ready = next(&sock, until);
+    assert_eq!(ready, format!("READY=1\nMAINPID={pid}"));
+    assert_eq!(next(&sock, until), "WATCHDOG=1");
+    assert_eq!(next(&sock, until), "WATCHDOG=1");
+
+    // SAFETY: kill with the pid of our own child and a constant signal.
+    let pid_t = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+    assert_eq!(unsafe { libc::kill(pid_t, libc::SIGTERM) }, 0);
+    loop {
+        match next(&sock, until).as_str() {
+            "WATCHDOG=1" => continue,
+            "STOPPING=1" => break,
+            other => panic!("unexpected notification {other:?}"),
+        }
+    }
+    loop {
+        if let Some(status) = router.0.try_wait().expect("wait") {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the router did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(router);
+    let _ = std::fs::remove_dir_all(&dir);
+}
