@@ -9,8 +9,14 @@ use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Kills the child if the test ends early.
-struct Running(Child);
+/// Kills the child if the test ends early; keeps the path of its stderr file.
+struct Running(Child, PathBuf);
+
+impl Running {
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.1).unwrap_or_default()
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -19,16 +25,38 @@ impl Drop for Running {
     }
 }
 
-/// The next datagram, or a panic at the deadline.
-fn next(sock: &UnixDatagram, until: Instant) -> String {
-    let left = until.saturating_duration_since(Instant::now());
-    assert!(!left.is_zero(), "deadline passed");
-    sock.set_read_timeout(Some(left)).expect("set timeout");
+/// The next datagram, or a panic (with the child's stderr) at the deadline or when the child
+/// exits first.
+fn next(sock: &UnixDatagram, child: &mut Running, until: Instant) -> String {
     let mut buf = [0u8; 512];
-    let n = sock
-        .recv(&mut buf)
-        .expect("a notification before the deadline");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            panic!(
+                "no notification before the deadline; stderr:\n{}",
+                child.stderr()
+            );
+        }
+        sock.set_read_timeout(Some(left.min(Duration::from_millis(200))))
+            .expect("set timeout");
+        match sock.recv(&mut buf) {
+            Ok(n) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if let Some(status) = child.0.try_wait().expect("wait") {
+                    panic!(
+                        "exited ({status}) before notifying; stderr:\n{}",
+                        child.stderr()
+                    );
+                }
+            }
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
 }
 
 #[test]
@@ -45,6 +73,7 @@ fn router_notifies_ready_watchdog_and_stopping() {
         "[router]\nlisten = \"127.0.0.1:0\"\nhttp_listen = \"\"\n[log]\nlevel = \"warn\"\n",
     )
     .expect("write config");
+    let stderr = dir.join("stderr");
     let child = Command::new(env!("CARGO_BIN_EXE_router"))
         .arg("--config")
         .arg(&config)
@@ -53,23 +82,25 @@ fn router_notifies_ready_watchdog_and_stopping() {
         .env_remove("WATCHDOG_PID")
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(&stderr).expect("create the stderr file"),
+        ))
         .spawn()
         .expect("start the router");
-    let mut router = Running(child);
+    let mut router = Running(child, stderr);
     let pid = router.0.id();
     let until = Instant::now() + DEADLINE;
 
-    let ready = next(&sock, until);
+    let ready = next(&sock, &mut router, until);
     assert_eq!(ready, format!("READY=1\nMAINPID={pid}"));
-    assert_eq!(next(&sock, until), "WATCHDOG=1");
-    assert_eq!(next(&sock, until), "WATCHDOG=1");
+    assert_eq!(next(&sock, &mut router, until), "WATCHDOG=1");
+    assert_eq!(next(&sock, &mut router, until), "WATCHDOG=1");
 
     // SAFETY: kill with the pid of our own child and a constant signal.
     let pid_t = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
     assert_eq!(unsafe { libc::kill(pid_t, libc::SIGTERM) }, 0);
     loop {
-        match next(&sock, until).as_str() {
+        match next(&sock, &mut router, until).as_str() {
             "WATCHDOG=1" => continue,
             "STOPPING=1" => break,
             other => panic!("unexpected notification {other:?}"),
