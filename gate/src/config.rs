@@ -13,6 +13,7 @@ use std::time::Duration;
 use router::config::{FilterConfig, StorageKeys, SyncPolicy};
 use router::im::filter::ContentFilter;
 use router::im::recovery::Storage;
+use router::logging::{LogConfig, LogSettings};
 use serde::{Deserialize, Serialize};
 
 /// The whole file. Unknown keys are refused, so a typo never silently falls back to a default.
@@ -24,6 +25,7 @@ pub struct Config {
     pub backend: BackendConfig,
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
+    pub log: LogConfig,
 }
 
 /// `[delivery]`: the reliable delivery engine (PROTOCOL.md "Session rules" 4 and 6).
@@ -375,9 +377,19 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Every key the file accepts: [`KEYS`], and the storage and `[log]` keys the gate shares with
+/// the router.
+pub fn all_keys() -> Vec<(&'static str, &'static str, &'static str)> {
+    KEYS.iter()
+        .chain(router::config::STORAGE_KEYS)
+        .chain(router::logging::KEYS)
+        .copied()
+        .collect()
+}
+
 /// The key table formatted for `--help`.
 pub fn keys_help() -> String {
-    router::config::format_keys(&[KEYS, router::config::STORAGE_KEYS].concat())
+    router::config::format_keys(&all_keys())
 }
 
 /// A configuration that cannot be used; names the key and the reason (one type for the gate
@@ -410,6 +422,8 @@ pub struct Settings {
     pub content_filter: Option<Arc<ContentFilter>>,
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
+    /// Log level and format (`[log]`).
+    pub log: LogSettings,
     /// Connections the gate holds (resolved: never above what the open-file limit allows).
     pub max_connections: usize,
     /// Adjustments made while validating, for the start-up log.
@@ -425,6 +439,14 @@ impl Settings {
             dedup_window_ms: router::im::DEDUP_WINDOW_MS,
             auth_secret: self.backend.auth_secret.clone().into_bytes(),
             filter: self.content_filter.clone(),
+        }
+    }
+
+    /// Files the embedded backend's log keeps open: one per partition, plus its lock.
+    pub fn log_fds(&self) -> usize {
+        match &self.storage {
+            Some(_) => self.backend.partitions as usize + 2,
+            None => 0,
         }
     }
 
@@ -635,7 +657,7 @@ impl Config {
             max_frame: g.max_frame as usize,
         })?;
         let content_filter = router::config::content_filter(&b.filter)?;
-
+        let log = self.log.validate()?;
         let gate_id = if g.id.is_empty() {
             format!("{}:{}", hostname(), listen.port())
         } else {
@@ -662,6 +684,7 @@ impl Config {
             content_filter: if embedded { content_filter } else { None },
             delivery: self.delivery.clone(),
             limits: self.limits.clone(),
+            log,
             max_connections,
             warnings,
         })
@@ -671,6 +694,11 @@ impl Config {
 /// Descriptors kept for listeners, executors, rings and log files, plus per shard.
 const FD_RESERVE: usize = 64;
 const FD_RESERVE_PER_SHARD: usize = 16;
+
+/// Descriptors the gate keeps for itself beside its connections, with `shards` shards.
+pub fn fd_reserve(shards: usize, log_fds: usize) -> usize {
+    FD_RESERVE + FD_RESERVE_PER_SHARD * shards + log_fds
+}
 
 /// Connections the open-file limit leaves room for.
 fn connections_allowed(shards: usize, extra_fds: usize) -> usize {
@@ -684,7 +712,7 @@ fn connections_allowed(shards: usize, extra_fds: usize) -> usize {
     {
         return 1 << 20;
     }
-    let reserve = FD_RESERVE + FD_RESERVE_PER_SHARD * shards + extra_fds;
+    let reserve = fd_reserve(shards, extra_fds);
     usize::try_from(limit.rlim_cur)
         .unwrap_or(usize::MAX)
         .saturating_sub(reserve)
@@ -728,11 +756,8 @@ mod tests {
         let mut accepted = Vec::new();
         flatten("", &value, &mut accepted);
         accepted.sort();
-        let mut documented: Vec<String> = KEYS
-            .iter()
-            .chain(router::config::STORAGE_KEYS)
-            .map(|(k, _, _)| k.to_string())
-            .collect();
+        let mut documented: Vec<String> =
+            all_keys().iter().map(|(k, _, _)| k.to_string()).collect();
         documented.sort();
         assert_eq!(accepted, documented);
     }
@@ -794,6 +819,7 @@ mod tests {
             ("[gate]\nio_memory_kib = 4\n", "gate.io_memory_kib"),
             ("[gate]\nheartbeat_secs = 0\n", "gate.heartbeat_secs"),
             ("[gate]\nlisten = \"nonsense\"\n", "gate.listen"),
+            ("[log]\nlevel = \"loud\"\n", "log.level"),
         ] {
             let err = Config::from_toml(text)
                 .unwrap()

@@ -3,13 +3,16 @@
 //!
 //! Layout (see ARCHITECTURE.md): sans-IO cores (`protocol`, `session`, `delivery`, `auth`) are
 //! plain state machines driven with a `now` argument; `shard` is the glommio shell around them;
-//! `client` is a small blocking client library for tests and tools.
+//! `client` is a small blocking client library for tests and tools; `doctor` checks a host
+//! against the configuration (`gate doctor`); `sdnotify` speaks to systemd.
 
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod delivery;
+pub mod doctor;
 pub mod protocol;
+pub mod sdnotify;
 pub mod session;
 pub mod shard;
 

@@ -17,12 +17,14 @@ use crate::im::journal::JournalConfig;
 use crate::im::recovery::Storage;
 use crate::im::{DEDUP_WINDOW_MS, ImConfig};
 use crate::link::frame::{DEFAULT_MAX_FRAME, MIN_MAX_FRAME};
+use crate::logging::{LogConfig, LogSettings};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub router: RouterConfig,
     pub backend: BackendConfig,
+    pub log: LogConfig,
 }
 
 /// `[router]`: the link server and the HTTP API.
@@ -355,9 +357,15 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The key table formatted for `--help`.
+/// The key table formatted for `--help`: [`KEYS`], the storage keys and the `[log]` keys.
 pub fn keys_help() -> String {
-    format_keys(&[KEYS, STORAGE_KEYS].concat())
+    let keys: Vec<_> = KEYS
+        .iter()
+        .chain(STORAGE_KEYS)
+        .chain(crate::logging::KEYS)
+        .copied()
+        .collect();
+    format_keys(&keys)
 }
 
 /// A `(key, default, meaning)` table as `--help` prints it, columns as wide as their longest
@@ -424,6 +432,7 @@ pub struct RouterSettings {
     pub im: ImConfig,
     /// Where the reference backend's log lives; `None`: memory only.
     pub storage: Option<Storage>,
+    pub log: LogSettings,
 }
 
 fn addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -504,6 +513,7 @@ impl Config {
         if !(1..=1024).contains(&b.partitions) {
             return Err(invalid("backend.partitions", "must be between 1 and 1024"));
         }
+        let log = self.log.validate()?;
         Ok(RouterSettings {
             id: if r.id.is_empty() {
                 format!("router-{}", listen.port())
@@ -531,6 +541,7 @@ impl Config {
                 filter: content_filter(&b.filter)?,
             },
             storage: storage_settings(StorageKeys::from((b, r.client_max_frame)))?,
+            log,
         })
     }
 }
@@ -620,6 +631,7 @@ mod tests {
         let mut documented: Vec<String> = KEYS
             .iter()
             .chain(STORAGE_KEYS)
+            .chain(crate::logging::KEYS)
             .map(|(k, _, _)| k.to_string())
             .collect();
         documented.sort();

@@ -8,6 +8,8 @@ pub mod idmap;
 pub mod im;
 pub mod jwt;
 pub mod log;
+pub mod logging;
+pub mod sdnotify;
 
 pub mod link;
 pub mod server;

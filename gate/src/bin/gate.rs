@@ -1,8 +1,10 @@
 //! `gate --config FILE`: loads the configuration and runs the gate until SIGINT or SIGTERM.
+//! `gate doctor --config FILE`: checks this host against the configuration and exits.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -12,11 +14,27 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(version)]
 struct Args {
     /// TOML configuration file; without it every key takes its default.
-    #[arg(long, short, value_name = "FILE")]
+    #[arg(long, short, value_name = "FILE", global = true)]
     config: Option<String>,
     /// Check the configuration, print the settings it resolves to, and exit.
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check this host against the configuration: open-file and memlock limits, io_uring,
+    /// cores, the sysctls of tuning/99-imgate.conf. One line per check (ok / warn / FAIL);
+    /// exits 1 when something would keep the gate from its configured capacity. The limits are
+    /// this process's: run it as the service runs (same user and limits), e.g. the unit's
+    /// ExecStartPre.
+    Doctor {
+        /// Read /proc from under this directory instead of / (tests); skips the io_uring probe.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -27,15 +45,13 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(err) => err.exit(),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let config = match &args.config {
         Some(path) => gate::config::Config::from_file(path),
         None => Ok(gate::config::Config::default()),
     };
+    if let Some(Command::Doctor { root }) = &args.command {
+        return doctor(config, args.config.as_deref(), root);
+    }
     let settings = match config.and_then(|c| c.validate()) {
         Ok(settings) => settings,
         Err(err) => {
@@ -43,6 +59,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    router::logging::init(&settings.log);
     if args.check {
         println!("{settings:#?}");
         return ExitCode::SUCCESS;
@@ -53,5 +70,30 @@ fn main() -> ExitCode {
             eprintln!("gate: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn doctor(
+    config: Result<gate::config::Config, gate::config::ConfigError>,
+    path: Option<&str>,
+    root: &std::path::Path,
+) -> ExitCode {
+    use gate::doctor::{Level, diagnose};
+    let source = path.unwrap_or("(no --config: defaults)");
+    let probe = root == std::path::Path::new("/");
+    let findings = diagnose(config, source, root, probe);
+    for finding in &findings {
+        println!("{finding}");
+    }
+    let failed = findings.iter().filter(|f| f.level == Level::Fail).count();
+    let warned = findings.iter().filter(|f| f.level == Level::Warn).count();
+    println!(
+        "doctor: {} ok, {warned} warn, {failed} FAIL",
+        findings.len() - failed - warned
+    );
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

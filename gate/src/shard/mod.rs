@@ -302,10 +302,17 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
         disable_transparent_huge_pages();
     }
     let handle = start(settings)?;
+    // `start` returned: every shard is accepting. Tell systemd (Type=notify) and feed its
+    // watchdog.
+    if let Err(err) = crate::sdnotify::ready() {
+        tracing::warn!(%err, "could not send READY=1 to systemd");
+    }
+    crate::sdnotify::spawn_watchdog("gate");
     let mut signal = 0;
     // SAFETY: waits on the set built above.
     unsafe { libc::sigwait(&set, &mut signal) };
     tracing::info!(signal, "stopping");
+    let _ = crate::sdnotify::stopping();
     handle.stop();
     Ok(())
 }

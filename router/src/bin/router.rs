@@ -28,11 +28,6 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(err) => err.exit(),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let config = match &args.config {
         Some(path) => router::config::Config::from_file(path),
         None => Ok(router::config::Config::default()),
@@ -44,6 +39,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    router::logging::init(&settings.log);
     if args.check {
         println!("{settings:#?}");
         return ExitCode::SUCCESS;

@@ -265,10 +265,16 @@ pub fn run(settings: RouterSettings) -> Result<(), StartError> {
         set
     };
     let handle = start(settings)?;
+    // Listening and accepting: tell systemd (Type=notify), and keep its watchdog fed.
+    if let Err(err) = crate::sdnotify::ready() {
+        tracing::warn!(%err, "could not send READY=1 to systemd");
+    }
+    crate::sdnotify::spawn_watchdog("router");
     let mut signal = 0;
     // SAFETY: waits on the set built above.
     unsafe { libc::sigwait(&set, &mut signal) };
     tracing::info!(signal, "stopping");
+    let _ = crate::sdnotify::stopping();
     handle.stop();
     Ok(())
 }
