@@ -19,6 +19,9 @@ secret = "bench-test-secret"
 
 [backend]
 data_dir = ""
+
+[admin]
+listen = ""
 "#;
 
 #[derive(Parser)]

@@ -18,6 +18,9 @@ secret = "bench-test-secret"
 
 [backend]
 data_dir = ""
+
+[admin]
+listen = ""
 "#;
 
 #[derive(Parser)]

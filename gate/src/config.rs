@@ -26,6 +26,22 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the operators' HTTP endpoint (metrics, health, drain, kick), off the message path.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7070".into(),
+        }
+    }
 }
 
 /// `[delivery]`: the reliable delivery engine (PROTOCOL.md "Session rules" 4 and 6).
@@ -152,6 +168,7 @@ pub struct GateConfig {
     pub handoff_queue: usize,
     pub peers: Vec<String>,
     pub huge_pages: bool,
+    pub drain_secs: u32,
 }
 
 impl Default for GateConfig {
@@ -168,6 +185,7 @@ impl Default for GateConfig {
             handoff_queue: 1024,
             peers: Vec::new(),
             huge_pages: false,
+            drain_secs: 30,
         }
     }
 }
@@ -219,6 +237,16 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "gate.io_memory_kib",
         "64",
         "glommio io_memory per shard, pinned 3 times (memlock); 64 is glommio's floor",
+    ),
+    (
+        "gate.drain_secs",
+        "30",
+        "on SIGTERM, SIGINT or POST /drain: KICK 2's retry_after_ms is spread over this many seconds (clients reconnect to gate.peers gradually); the gate exits once its sessions are gone, within this + 5 s",
+    ),
+    (
+        "admin.listen",
+        "\"127.0.0.1:7070\"",
+        "the admin endpoint (GET /metrics /healthz /readyz /lsb, POST /drain /kick); \"\" = off; unauthenticated: keep it on loopback or a private network",
     ),
     (
         "gate.huge_pages",
@@ -413,6 +441,9 @@ pub struct Settings {
     pub peers: Vec<String>,
     /// Transparent huge pages allowed for this process (`gate.huge_pages`).
     pub huge_pages: bool,
+    pub drain_secs: u32,
+    /// The admin endpoint's address; `None`: off.
+    pub admin_listen: Option<SocketAddr>,
     pub auth_mode: AuthMode,
     pub auth_secret: Vec<u8>,
     pub backend: BackendConfig,
@@ -448,6 +479,11 @@ impl Settings {
             Some(_) => self.backend.partitions as usize + 2,
             None => 0,
         }
+    }
+
+    /// How long a drain spreads the clients' return over (`gate.drain_secs`).
+    pub fn drain_time(&self) -> Duration {
+        Duration::from_secs(u64::from(self.drain_secs))
     }
 
     /// A session with no complete frame for this long is closed (3 x heartbeat).
@@ -658,6 +694,18 @@ impl Config {
         })?;
         let content_filter = router::config::content_filter(&b.filter)?;
         let log = self.log.validate()?;
+        if !(1..=3600).contains(&g.drain_secs) {
+            return Err(invalid("gate.drain_secs", "must be between 1 and 3600"));
+        }
+        let admin_listen = match self.admin.listen.as_str() {
+            "" => None,
+            text => Some(
+                text.to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| invalid("admin.listen", format!("{text:?} is not host:port")))?,
+            ),
+        };
         let gate_id = if g.id.is_empty() {
             format!("{}:{}", hostname(), listen.port())
         } else {
@@ -676,6 +724,8 @@ impl Config {
             handoff_queue,
             peers: g.peers.clone(),
             huge_pages: g.huge_pages,
+            drain_secs: g.drain_secs,
+            admin_listen,
             auth_mode: self.auth.mode,
             auth_secret: self.auth.secret.clone().into_bytes(),
             backend: self.backend.clone(),

@@ -6,6 +6,7 @@
 //! `client` is a small blocking client library for tests and tools; `doctor` checks a host
 //! against the configuration (`gate doctor`); `sdnotify` speaks to systemd.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;

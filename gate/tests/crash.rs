@@ -53,7 +53,7 @@ fn spawn_gate(dir: &std::path::Path, shards: u32) -> GateProcess {
     let data = dir.join("data");
     let config = format!(
         "[gate]\nlisten = \"{addr}\"\nshards = {shards}\nio_memory_kib = 64\n\
-         [limits]\nmsgs_per_sec = 100000\nburst = 100000\n\
+         [admin]\nlisten = \"\"\n[limits]\nmsgs_per_sec = 100000\nburst = 100000\n\
          [backend]\ndata_dir = \"{}\"\nsync = \"interval\"\npartitions = 16\n",
         data.display()
     );

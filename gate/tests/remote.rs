@@ -59,7 +59,7 @@ fn spawn_gate(id: &str, router: SocketAddr) -> GateProcess {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let config = format!(
         "[gate]\nid = \"{id}\"\nlisten = \"{addr}\"\nshards = 2\nio_memory_kib = 64\n\
-         [backend]\nkind = \"remote\"\naddr = \"{router}\"\ntimeout_ms = {TIMEOUT_MS}\n"
+         [admin]\nlisten = \"\"\n[backend]\nkind = \"remote\"\naddr = \"{router}\"\ntimeout_ms = {TIMEOUT_MS}\n"
     );
     let path = dir.join("gate.toml");
     std::fs::File::create(&path)

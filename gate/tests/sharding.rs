@@ -157,6 +157,8 @@ fn a_second_gate_on_a_port_already_listened_on_is_refused_not_shared() {
     let taken = first.addr();
     let mut config = gate::config::Config::from_toml("").expect("empty config parses");
     config.gate.listen = taken.to_string();
+    config.admin.listen = String::new();
+    config.backend.data_dir = String::new();
     config.gate.shards = 1;
     let settings = config.validate().expect("valid");
     let err = match gate::shard::start(settings) {

@@ -70,7 +70,7 @@ fn gate_notifies_ready_watchdog_and_stopping() {
     let config = dir.join("gate.toml");
     std::fs::write(
         &config,
-        "[gate]\nlisten = \"127.0.0.1:0\"\nshards = 1\n[log]\nlevel = \"warn\"\n",
+        "[gate]\nlisten = \"127.0.0.1:0\"\nshards = 1\n[admin]\nlisten = \"\"\n[backend]\ndata_dir = \"\"\n[log]\nlevel = \"warn\"\n",
     )
     .expect("write config");
     let stderr = dir.join("stderr");

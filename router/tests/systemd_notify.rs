@@ -70,7 +70,7 @@ fn router_notifies_ready_watchdog_and_stopping() {
     let config = dir.join("router.toml");
     std::fs::write(
         &config,
-        "[router]\nlisten = \"127.0.0.1:0\"\nhttp_listen = \"\"\n[log]\nlevel = \"warn\"\n",
+        "[router]\nlisten = \"127.0.0.1:0\"\nhttp_listen = \"\"\n[backend]\ndata_dir = \"\"\n[log]\nlevel = \"warn\"\n",
     )
     .expect("write config");
     let stderr = dir.join("stderr");

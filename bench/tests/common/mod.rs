@@ -13,6 +13,9 @@ listen = "127.0.0.1:0"
 shards = 1
 heartbeat_secs = 300
 
+[admin]
+listen = ""
+
 [backend]
 data_dir = ""
 push_threshold = {push_threshold}

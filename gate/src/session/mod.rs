@@ -284,6 +284,19 @@ impl ConnSession {
         self.close(frames, CloseWhy::Kicked(reason))
     }
 
+    /// [`ConnSession::kick`] with a KICK body built by the shell (a drain's carries
+    /// `reconnect_to` and `retry_after_ms`).
+    pub fn kick_with(&mut self, reason: KickReason, body: Kick) -> Action {
+        if matches!(self.phase, Phase::Closing(_)) {
+            return Action::None;
+        }
+        let frames = match self.phase {
+            Phase::LoggedIn(_) => vec![encode_frame(cmd::KICK, MsgType::Notify, 0, 0, &body)],
+            _ => Vec::new(),
+        };
+        self.close(frames, CloseWhy::Kicked(reason))
+    }
+
     /// The LOGIN passed: the connection is now `session`. Returns the LoginResp to queue.
     pub fn login_accepted(
         &mut self,

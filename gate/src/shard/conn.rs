@@ -172,7 +172,10 @@ impl Conn {
         let action = match wake {
             Wake::Input | Wake::Rearm => return None,
             Wake::Gone => return Some(Exit::Gone),
-            Wake::Kick(reason) => self.session.kick(reason, kick_message(reason)),
+            Wake::Kick(reason) => {
+                let body = self.shard.kick_body(reason, kick_message(reason));
+                self.session.kick_with(reason, body)
+            }
             Wake::Timer => {
                 self.timer = None;
                 let now = Instant::now();
@@ -195,10 +198,12 @@ impl Conn {
         loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(frame)) => {
+                    self.shard.metric(|m| m.frames_in += 1);
                     if frame.msg_type == MsgType::Request
                         && frame.cmd != cmd::PING
                         && !self.take_token(now)
                     {
+                        self.shard.metric(|m| m.rate_limited += 1);
                         let why = "too many requests; retry later";
                         let refused =
                             refusal(frame.cmd, frame.log_id, frame.seq, Code::RateLimited, why);
@@ -238,6 +243,17 @@ impl Conn {
             }
             Action::Login { req, log_id, seq } => self.login(req, log_id, seq),
             Action::Close { frames, why } => {
+                let kicked = match why {
+                    CloseWhy::Kicked(reason) => Some(reason),
+                    CloseWhy::Idle | CloseWhy::ProbeUnanswered => Some(KickReason::IdleTimeout),
+                    CloseWhy::Protocol if self.session.logged_in().is_some() => {
+                        Some(KickReason::ProtocolError)
+                    }
+                    _ => None,
+                };
+                if let Some(reason) = kicked {
+                    self.shard.metric(|m| m.kick(reason.wire()));
+                }
                 for frame in frames {
                     self.shard.queue_last(&self.shared, frame);
                 }
@@ -258,6 +274,7 @@ impl Conn {
         );
         // Quiet with nothing pending: give the tracker's memory back.
         self.shared.acks().release();
+        self.shard.metric(|m| m.retries += resend.len() as u64);
         for frame in resend {
             self.queue(frame);
         }
@@ -316,6 +333,10 @@ impl Conn {
                     seq,
                     log_id,
                 };
+                self.shard
+                    .latency
+                    .borrow_mut()
+                    .start(origin.conn, seq, Instant::now());
                 let submitted = match self.shard.backend.get() {
                     Some(backend) => backend.submit(origin, request),
                     None => Err(Unavailable),
@@ -401,7 +422,7 @@ impl Conn {
     ) -> Option<Exit> {
         let shard = Rc::clone(&self.shard);
         if code != Code::Ok.wire() {
-            shard.count(Counter::LoginsRefused);
+            shard.login_refused(code);
             tracing::debug!(shard = shard.index, uid = req.uid, message, "login refused");
             let code = if code == Code::Unauthenticated.wire() {
                 Code::Unauthenticated
@@ -420,7 +441,7 @@ impl Conn {
             )
         };
         if !known_device && devices >= shard.settings.limits.devices_per_uid as usize {
-            shard.count(Counter::LoginsRefused);
+            shard.login_refused(Code::RateLimited.wire());
             let why = "too many devices logged in for this uid";
             let action = self
                 .session
@@ -519,7 +540,9 @@ impl Conn {
         let mut out = shared.out();
         let before = out.bytes();
         let result = flush_queue(&mut out, self.fd, &mut self.stream, cx);
-        self.shard.unqueued(before - out.bytes());
+        let written = before - out.bytes();
+        self.shard.unqueued(written);
+        self.shard.metric(|m| m.bytes_out += written as u64);
         result
     }
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
@@ -531,7 +554,10 @@ impl Conn {
                 .saturating_sub(self.rbuf.len());
             match recv_into(self.fd, &mut self.rbuf, need.max(READ_CHUNK)) {
                 Ok(Nb::Done(0)) | Err(_) => return Poll::Ready(Wake::Gone),
-                Ok(Nb::Done(_)) => return Poll::Ready(Wake::Input),
+                Ok(Nb::Done(n)) => {
+                    self.shard.metric(|m| m.bytes_in += n as u64);
+                    return Poll::Ready(Wake::Input);
+                }
                 Ok(Nb::WouldBlock) => {}
             }
         }
@@ -540,6 +566,7 @@ impl Conn {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Wake::Gone),
             Poll::Ready(Ok(n)) => {
                 self.rbuf.extend_from_slice(&chunk[..n]);
+                self.shard.metric(|m| m.bytes_in += n as u64);
                 Poll::Ready(Wake::Input)
             }
             Poll::Pending => Poll::Pending,

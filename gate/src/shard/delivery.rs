@@ -97,7 +97,10 @@ impl Shard {
             observer.pushed(uid, session_id, msg_id);
         }
         match tracked {
-            Ok(()) => self.queue(conn, frame.clone()),
+            Ok(()) => {
+                self.metric(|m| m.pushes += 1);
+                self.queue(conn, frame.clone());
+            }
             Err(_) => {
                 self.report(uid, session_id, &[], &[msg_id], now);
                 conn.request_kick(KickReason::SlowConsumer);
@@ -117,6 +120,10 @@ impl Shard {
         if delivered.is_empty() && undelivered.is_empty() {
             return;
         }
+        self.metric(|m| {
+            m.acks += delivered.len() as u64;
+            m.undelivered += undelivered.len() as u64;
+        });
         {
             let mut reports = self.delivery.reports.borrow_mut();
             if !delivered.is_empty() {

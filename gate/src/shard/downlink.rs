@@ -23,6 +23,13 @@ use crate::protocol::{Code, KickReason, MsgType, cmd, encode_frame};
 
 impl GateSink for Shard {
     fn reply(&self, origin: Origin, reply: Reply) {
+        if let Some(latency) =
+            self.latency
+                .borrow_mut()
+                .finish(origin.conn, origin.seq, Instant::now())
+        {
+            self.metric(|m| m.backend_latency.record(latency));
+        }
         let Some(conn) = self.conn(ConnKey::unpack(origin.conn)) else {
             return; // The connection ended while its request was in flight.
         };

@@ -11,11 +11,13 @@
 //! the hand-off mesh here and the embedded backend's own (`router::backend::embedded`).
 
 mod conn;
+mod control;
 mod delivery;
 mod downlink;
 mod handoff;
 mod io;
 mod listener;
+pub mod metrics;
 mod remote;
 mod state;
 mod timer;
@@ -34,12 +36,14 @@ use router::backend::embedded;
 
 use crate::config::{BackendKind, Settings};
 use crate::protocol::KickReason;
+pub use control::GateControl;
 pub use delivery::DeliveryObserver;
 use handoff::Handoff;
 use state::{PublishedStats, Shard};
 
-/// How long a stopping shard waits for its connections to take their KICK and close.
-const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long a draining shard waits, past `gate.drain_secs`, for its connections to take their
+/// KICK and close and for its delivery reports to leave.
+const DRAIN_SLACK: Duration = Duration::from_secs(3);
 
 /// The shard that owns `uid`: a fixed 64-bit mix (splitmix64's finaliser) modulo the shard
 /// count. Stable across builds, hosts and restarts; never `RandomState`.
@@ -88,14 +92,19 @@ pub struct ShardStats {
 /// A running gate. Dropping it stops the gate.
 pub struct GateHandle {
     local_addr: SocketAddr,
+    /// The admin endpoint, stopped first.
+    admin: Option<crate::admin::AdminServer>,
+    control: Arc<GateControl>,
     shards: Vec<ShardHandle>,
+    /// One message per shard that has exited, and how many did.
+    exits: mpsc::Receiver<()>,
+    exited: usize,
     /// The embedded backend's data directory lock; declared after `shards` so it is released
     /// only once every shard (and its partitions' logs) is gone.
     _data: Option<router::im::recovery::DataDirLock>,
 }
 
 struct ShardHandle {
-    stop: std::os::unix::net::UnixStream,
     stats: Arc<PublishedStats>,
     thread: Option<glommio::ExecutorJoinHandle<()>>,
 }
@@ -112,16 +121,48 @@ impl GateHandle {
         self.shards.iter().map(|s| s.stats.snapshot()).collect()
     }
 
-    /// Closes the listeners, kicks every session (KICK 2) and waits for the shards to exit.
+    /// The admin endpoint's address, when `admin.listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .map(crate::admin::AdminServer::local_addr)
+    }
+
+    /// The gate's control plane (metrics, kick, drain), for other threads.
+    pub fn control(&self) -> Arc<GateControl> {
+        Arc::clone(&self.control)
+    }
+
+    /// Drains (closes the listeners, KICK 2 to every session, pending PUSHes reported
+    /// undelivered) and waits for the shards to exit.
     pub fn stop(self) {}
+
+    /// Waits until every shard has exited (after a drain, from any thread or the admin
+    /// endpoint); `false` if `timeout` passed first.
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.exited < self.shards.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.exits.recv_timeout(left) {
+                Ok(()) => self.exited += 1,
+                Err(mpsc::RecvTimeoutError::Timeout) => return false,
+                // Every shard's sender is gone: they all ended.
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        for shard in &mut self.shards {
+            if let Some(thread) = shard.thread.take() {
+                let _ = thread.join();
+            }
+        }
+        true
+    }
 }
 
 impl Drop for GateHandle {
     fn drop(&mut self) {
-        for shard in &self.shards {
-            // The shard's stop task wakes on this byte (or on the socket closing).
-            let _ = std::io::Write::write_all(&mut &shard.stop, b"x");
-        }
+        self.admin.take();
+        self.control.drain();
         for shard in &mut self.shards {
             if let Some(thread) = shard.thread.take() {
                 let _ = thread.join();
@@ -154,25 +195,28 @@ pub fn start_observed(
     let embedded_backend = settings.backend.kind == BackendKind::Embedded;
     let cpus = allowed_cpus();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let (exit_tx, exits) = mpsc::channel::<()>();
     let mut shards = Vec::with_capacity(count);
+    let mut ports = Vec::with_capacity(count);
     for (index, listen_fd) in fds.into_iter().enumerate() {
-        let (stop, stop_theirs) =
-            std::os::unix::net::UnixStream::pair().map_err(|e| StartError::Executor {
-                shard: index,
-                reason: format!("stop socket: {e}"),
-            })?;
+        let (port, inbox) = control::channel().map_err(|e| StartError::Executor {
+            shard: index,
+            reason: format!("control socket: {e}"),
+        })?;
+        ports.push(port);
         let stats = Arc::new(PublishedStats::default());
         let ctx = ShardStart {
             index,
             settings: settings.clone(),
             listen_fd,
-            stop: OwnedFd::from(stop_theirs),
+            control: inbox,
             mesh: (count > 1).then(|| mesh.clone()),
             backend_mesh: (count > 1 && embedded_backend).then(|| backend_mesh.clone()),
             stats: Arc::clone(&stats),
             observer: observer.clone(),
             partitions: std::mem::take(&mut partitions[index]),
             ready: ready_tx.clone(),
+            exited: exit_tx.clone(),
         };
         let cpu = cpus
             .get(index % cpus.len().max(1))
@@ -187,15 +231,19 @@ pub fn start_observed(
                 reason: e.to_string(),
             })?;
         shards.push(ShardHandle {
-            stop,
             stats,
             thread: Some(thread),
         });
     }
     drop(ready_tx);
-    let handle = GateHandle {
+    let control = Arc::new(GateControl::new(ports, settings.max_connections));
+    let mut handle = GateHandle {
         local_addr,
+        admin: None,
+        control: Arc::clone(&control),
         shards,
+        exits,
+        exited: 0,
         _data: data,
     };
     for _ in 0..count {
@@ -209,6 +257,12 @@ pub fn start_observed(
                 });
             }
         }
+    }
+    if let Some(addr) = settings.admin_listen {
+        let admin = crate::admin::AdminServer::start(addr, control)
+            .map_err(|source| StartError::Listen { addr, source })?;
+        tracing::info!(admin = %admin.local_addr(), "admin endpoint listening");
+        handle.admin = Some(admin);
     }
     tracing::info!(addr = %local_addr, shards = count, "gate accepting");
     Ok(handle)
@@ -301,20 +355,63 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
     if !settings.huge_pages {
         disable_transparent_huge_pages();
     }
-    let handle = start(settings)?;
+    let mut handle = start(settings)?;
     // `start` returned: every shard is accepting. Tell systemd (Type=notify) and feed its
-    // watchdog.
+    // watchdog while every shard answers.
     if let Err(err) = crate::sdnotify::ready() {
         tracing::warn!(%err, "could not send READY=1 to systemd");
     }
-    crate::sdnotify::spawn_watchdog("gate");
-    let mut signal = 0;
-    // SAFETY: waits on the set built above.
-    unsafe { libc::sigwait(&set, &mut signal) };
-    tracing::info!(signal, "stopping");
-    let _ = crate::sdnotify::stopping();
-    handle.stop();
+    spawn_watchdog(handle.control());
+    // The first SIGINT/SIGTERM drains; a second one exits at once.
+    let control = handle.control();
+    std::thread::Builder::new()
+        .name("imgate-signals".into())
+        .spawn(move || {
+            let mut signal = 0;
+            // SAFETY: waits on the set built above.
+            unsafe { libc::sigwait(&set, &mut signal) };
+            tracing::info!(signal, "draining on signal; a second one exits at once");
+            control.drain();
+            // SAFETY: as above.
+            unsafe { libc::sigwait(&set, &mut signal) };
+            tracing::warn!(signal, "second signal: exiting now");
+            std::process::exit(1);
+        })
+        .map_err(|e| StartError::Executor {
+            shard: 0,
+            reason: format!("signal thread: {e}"),
+        })?;
+    // Until a drain (a signal, or POST /drain) has let every shard exit. The shards bound
+    // their own drain; this bound is the promise to systemd's TimeoutStopSec.
+    while !handle.wait(Duration::from_secs(3600)) {}
+    drop(handle);
     Ok(())
+}
+
+/// WATCHDOG=1 to systemd at half its interval, only while every shard answers a ping.
+fn spawn_watchdog(control: Arc<GateControl>) {
+    let Some(interval) = crate::sdnotify::watchdog_interval() else {
+        return;
+    };
+    let period = interval / 2;
+    let spawned = std::thread::Builder::new()
+        .name("imgate-watchdog".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(period);
+                if control.is_draining() {
+                    continue; // STOPPING: systemd's stop timeout applies now.
+                }
+                if control.ping(period / 2) {
+                    let _ = crate::sdnotify::watchdog();
+                } else {
+                    tracing::error!("a shard did not answer: withholding WATCHDOG=1");
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(%err, "could not start the watchdog thread");
+    }
 }
 
 /// Everything a shard thread starts from (all `Send`).
@@ -322,7 +419,7 @@ struct ShardStart {
     index: usize,
     settings: Settings,
     listen_fd: OwnedFd,
-    stop: OwnedFd,
+    control: control::ControlInbox,
     mesh: Option<MeshBuilder<Handoff, glommio::channels::channel_mesh::Full>>,
     backend_mesh: Option<embedded::Mesh>,
     stats: Arc<PublishedStats>,
@@ -330,6 +427,8 @@ struct ShardStart {
     /// The embedded backend's partitions this shard hosts (empty with a remote backend).
     partitions: Vec<router::im::Partition>,
     ready: mpsc::Sender<Result<(), String>>,
+    /// Told when the shard's work is over (its executor then ends).
+    exited: mpsc::Sender<()>,
 }
 
 async fn run_shard(ctx: ShardStart) {
@@ -340,9 +439,8 @@ async fn run_shard(ctx: ShardStart) {
         ctx.observer.clone(),
         Instant::now(),
     ));
-    // SAFETY: both fds are ours alone; the glommio wrappers take over closing them.
+    // SAFETY: the fd is ours alone; the glommio wrapper takes over closing it.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(ctx.listen_fd.into_raw_fd()) };
-    let mut stop = unsafe { glommio::net::UnixStream::from_raw_fd(ctx.stop.into_raw_fd()) };
     let serving = async {
         if let Some(mesh) = ctx.mesh {
             match mesh.join().await {
@@ -391,20 +489,32 @@ async fn run_shard(ctx: ShardStart) {
         let _ = ctx.ready.send(Ok(()));
         listener::accept_loop(Rc::clone(&shard), listener).await;
     };
-    let stopped = async {
-        let mut byte = [0u8; 1];
-        let _ = futures_lite::AsyncReadExt::read(&mut stop, &mut byte).await;
-    };
+    // Commands from the admin plane run beside the connections until a drain is asked for.
+    let stopped = control::serve(Rc::clone(&shard), ctx.control);
     futures_lite::future::or(serving, stopped).await;
-    // The listener is closed (dropped with `serving`); send everyone away.
+    // The listener is closed (dropped with `serving`); send everyone away with KICK 2, their
+    // retry_after_ms spread over the drain window.
+    let drain = shard.settings.drain_time();
+    shard
+        .drain_window_ms
+        .set(u32::try_from(drain.as_millis()).unwrap_or(u32::MAX));
     shard.stopping.set(true);
     shard.kick_all(KickReason::Draining);
-    let deadline = Instant::now() + STOP_GRACE;
+    let deadline = Instant::now() + drain + DRAIN_SLACK;
     while shard.connections() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
-    // What the closed sessions left pending was reported undelivered; send it now.
+    // What the closed sessions left pending was reported undelivered; send it now, and give
+    // a remote backend's link the time to write it.
     shard.flush_all_reports();
+    let flush_deadline = Instant::now() + DRAIN_SLACK;
+    while shard.backend.get().is_some_and(|b| !b.flushed()) && Instant::now() < flush_deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    // An empty link queue has been framed into the link's write buffer; one more turn lets
+    // its task write it before the executor ends.
+    glommio::timer::sleep(Duration::from_millis(10)).await;
+    let _ = ctx.exited.send(());
 }
 
 /// The CPUs this process may run on, in order.

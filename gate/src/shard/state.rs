@@ -17,6 +17,7 @@ use super::ShardStats;
 use super::delivery::{DeliveryObserver, ShardDelivery};
 use super::handoff::Handoff;
 use super::io::OutQueue;
+use super::metrics::{LatencySampler, ShardMetrics};
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::delivery::{AckTracker, TimerId, TimerWheel};
@@ -289,6 +290,13 @@ pub(crate) struct Shard {
     flush_due: RefCell<Vec<ConnKey>>,
     flush_armed: Cell<Option<Instant>>,
     stats: Arc<PublishedStats>,
+    /// Counters for `/metrics`: plain integers, copied out on scrape (`control`).
+    metrics: RefCell<ShardMetrics>,
+    /// Backend requests being timed for the latency histogram.
+    pub latency: RefCell<LatencySampler>,
+    /// `gate.drain_secs` in ms while draining (0 otherwise): KICK 2's `retry_after_ms` is spread
+    /// over it.
+    pub drain_window_ms: Cell<u32>,
     rng: Cell<u64>,
 }
 
@@ -327,6 +335,12 @@ impl Shard {
             flush_due: RefCell::default(),
             flush_armed: Cell::new(None),
             stats,
+            metrics: RefCell::new(ShardMetrics {
+                shard: index,
+                ..ShardMetrics::default()
+            }),
+            latency: RefCell::default(),
+            drain_window_ms: Cell::new(0),
             rng: Cell::new(
                 0x2545_F491_4F6C_DD1D ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             ),
@@ -371,6 +385,7 @@ impl Shard {
             return;
         }
         self.outbound.set(self.outbound.get() + len);
+        self.metrics.borrow_mut().frames_out += 1;
         conn.push(frame);
         self.schedule_flush(conn);
     }
@@ -378,6 +393,7 @@ impl Shard {
     /// Queues a connection's last frames (ERROR, KICK, LOGOUT's answer) whatever the limits.
     pub fn queue_last(&self, conn: &ConnShared, frame: Bytes) {
         self.outbound.set(self.outbound.get() + frame.len());
+        self.metrics.borrow_mut().frames_out += 1;
         conn.push(frame);
         conn.wake();
     }
@@ -448,6 +464,50 @@ impl Shard {
     pub fn count(&self, c: Counter) {
         let counter = self.stats.counter(c);
         counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let mut m = self.metrics.borrow_mut();
+        match c {
+            Counter::LoginsOk => m.login(0),
+            Counter::HandoffsOut => m.handoffs_out += 1,
+            Counter::HandoffsIn => m.handoffs_in += 1,
+            Counter::LoginsRefused | Counter::HandoffsDropped => {}
+        }
+    }
+
+    /// A LOGIN refused with `code`.
+    pub fn login_refused(&self, code: u32) {
+        self.count(Counter::LoginsRefused);
+        self.metric(|m| m.login(code));
+    }
+
+    /// Updates this shard's metrics.
+    pub fn metric(&self, f: impl FnOnce(&mut ShardMetrics)) {
+        f(&mut self.metrics.borrow_mut());
+    }
+
+    /// The metrics with the gauges filled in, for a scrape.
+    pub fn metrics_snapshot(&self) -> ShardMetrics {
+        let mut m = self.metrics.borrow().clone();
+        m.connections = self.connections() as u64;
+        m.sessions = self.registry.borrow().len() as u64;
+        m.outbound_bytes = self.outbound.get() as u64;
+        m.backend_up = self.backend.get().is_some_and(|b| b.is_up());
+        m
+    }
+
+    /// The KICK body for `reason`: a drain's carries `gate.peers` and a `retry_after_ms` spread
+    /// at random over the drain window, so clients do not all come back at once.
+    pub fn kick_body(&self, reason: KickReason, message: &str) -> crate::protocol::pb::Kick {
+        let mut kick = crate::protocol::pb::Kick {
+            reason: reason.wire(),
+            message: message.into(),
+            ..Default::default()
+        };
+        if reason == KickReason::Draining {
+            kick.reconnect_to = self.settings.peers.clone();
+            let window = u64::from(self.drain_window_ms.get().max(1000));
+            kick.retry_after_ms = (self.random() % window) as u32;
+        }
+        kick
     }
 
     pub fn publish_gauges(&self) {

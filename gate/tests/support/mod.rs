@@ -31,6 +31,9 @@ io_memory_kib = 64
 
 [backend]
 data_dir = "" # memory only: tests that need the log set their own directory
+
+[admin]
+listen = "" # tests that use it pick their own port
 "#;
 
 /// A gate running in this process; `stop` it at the end of the test (dropping also stops it).

@@ -46,4 +46,14 @@ pub trait Backend {
     fn presence(&self, presence: link::Presence);
     /// Delivered / undelivered PUSHes, batched by the shard (`delivery.report_batch`).
     fn report(&self, batch: link::DeliveryReportBatch);
+    /// Whether requests can be served now (a remote backend: its link is up). For readiness
+    /// probes; `submit` still decides per request.
+    fn is_up(&self) -> bool {
+        true
+    }
+    /// Whether everything given to the backend has left this process (a remote backend: its
+    /// link's write queue is empty); a draining gate waits for it, briefly.
+    fn flushed(&self) -> bool {
+        true
+    }
 }

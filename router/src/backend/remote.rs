@@ -355,6 +355,14 @@ impl Backend for RemoteShard {
     fn report(&self, batch: link::DeliveryReportBatch) {
         self.event(Body::Reports(batch));
     }
+
+    fn is_up(&self) -> bool {
+        RemoteShard::is_up(self)
+    }
+
+    fn flushed(&self) -> bool {
+        self.queue.borrow().as_ref().is_none_or(|q| q.is_empty())
+    }
 }
 
 /// The one timer of a shard's link: sleeps until the oldest request's deadline.
