@@ -612,6 +612,10 @@ impl Conn {
                 linger(&mut self.stream, &mut self.rbuf).await;
             }
             Exit::HandOff { owner, buffered } => {
+                // The LOGIN travels with the connection and is decoded, and counted, again by
+                // its owner.
+                self.shard
+                    .metric(|m| m.frames_in = m.frames_in.saturating_sub(1));
                 // Answers to what came before the LOGIN go out on this shard first.
                 if !self.flush_for(CLOSE_FLUSH_TIME).await {
                     self.drop_output();

@@ -119,6 +119,36 @@ impl TestGate {
     pub fn stop(self) {
         self.handle.stop();
     }
+
+    /// The admin endpoint (set `admin.listen`, e.g. to `127.0.0.1:0`).
+    pub fn admin(&self) -> std::net::SocketAddr {
+        self.handle.admin_addr().expect("admin.listen is set")
+    }
+
+    pub fn handle_mut(&mut self) -> &mut GateHandle {
+        &mut self.handle
+    }
+}
+
+/// One HTTP/1.1 request to `addr` (the admin endpoint): `(status, head, body)`.
+pub fn http(addr: std::net::SocketAddr, method: &str, target: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the admin endpoint");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        stream,
+        "{method} {target} HTTP/1.1\r\nhost: test\r\ncontent-length: 0\r\n\r\n"
+    )
+    .expect("write the request");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("read the response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    (status, head.to_owned(), body.to_owned())
 }
 
 /// Sums one counter over the shards.
@@ -348,6 +378,7 @@ pub mod im {
         pub const BAD_REQUEST: u32 = 1;
         pub const UNAUTHENTICATED: u32 = 2;
         pub const FORBIDDEN: u32 = 3;
+        pub const RATE_LIMITED: u32 = 4;
         pub const TOO_LARGE: u32 = 6;
         pub const NOT_FOUND: u32 = 11;
     }
