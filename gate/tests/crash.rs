@@ -236,3 +236,45 @@ fn every_acknowledged_message_survives_a_sigkill_exactly_once_and_resends_are_de
         );
     }
 }
+
+#[test]
+fn with_sync_always_pipelined_sends_are_answered_after_their_group_commit_and_kept() {
+    let dir = std::env::temp_dir().join(format!("imgate-always-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _cleanup = TempDir(dir.clone());
+    let tune = |c: &mut gate::config::Config| {
+        c.backend.data_dir = dir.join("data").display().to_string();
+        c.backend.sync = router::config::SyncPolicy::Always;
+        c.backend.partitions = 8;
+        c.limits.msgs_per_sec = 100_000;
+        c.limits.burst = 100_000;
+    };
+    let gate = support::TestGate::start_with(tune);
+    let mut acked: BTreeMap<u64, BTreeMap<u64, u64>> = BTreeMap::new();
+    for uid in 1..=2u64 {
+        let mut client = gate.login(uid, "always").0;
+        let asked: Vec<(u32, u64)> = (1..=100u64)
+            .map(|cmid| {
+                let req = send_req(SINGLE, peer(uid), cmid, b"durable");
+                (client.request(cmd::SEND, &req).expect("SEND"), cmid)
+            })
+            .collect();
+        for (seq, cmid) in asked {
+            let frame = client.recv_response(seq, WAIT).expect("answered");
+            let resp: pb::SendResp = expect_response(&frame, cmd::SEND).expect("SendResp");
+            assert_eq!(resp.code, code::OK, "{resp:?}");
+            acked.entry(uid).or_default().insert(cmid, resp.msg_id);
+        }
+    }
+    gate.stop();
+    let gate = support::TestGate::start_with(tune);
+    for (uid, sent) in acked {
+        let mut client = gate.login(uid, "always").0;
+        let stored: BTreeMap<u64, u64> = pull_all(&mut client, uid)
+            .into_iter()
+            .map(|m| (m.client_msg_id, m.msg_id))
+            .collect();
+        assert_eq!(stored, sent);
+    }
+    gate.stop();
+}

@@ -87,8 +87,12 @@ pub struct EmbeddedShard {
     spill: Vec<RefCell<VecDeque<Envelope>>>,
     draining: Vec<Cell<bool>>,
     parked: Cell<usize>,
-    /// `backend.sync = "always"`: every cascade syncs what it wrote before anything leaves.
+    /// `backend.sync = "always"`: what a cascade wrote is synced before anything it caused
+    /// leaves; cascades of one loop turn share one msync per partition (group commit).
     sync_always: bool,
+    /// Outputs waiting for the commit (bounded by the inputs admitted in one loop turn).
+    held: RefCell<Vec<Output>>,
+    commit_scheduled: Cell<bool>,
     me: Weak<Self>,
 }
 
@@ -145,6 +149,8 @@ impl EmbeddedShard {
             draining: (0..shards).map(|_| Cell::new(false)).collect(),
             parked: Cell::new(0),
             sync_always,
+            held: RefCell::default(),
+            commit_scheduled: Cell::new(false),
             me: me.clone(),
         });
         if let Some(interval_ms) = ticker {
@@ -212,9 +218,10 @@ impl EmbeddedShard {
     }
 
     /// Runs `input` on a local partition and everything local it leads to. What leaves the
-    /// cascade (answers, hops to other shards, downlink) goes out after it, once the journals
-    /// it wrote are synced if `backend.sync = "always"` asks (one msync per partition per
-    /// cascade: the answer never precedes the durability it promises).
+    /// cascade (answers, hops to other shards, downlink) goes out after it; under
+    /// `backend.sync = "always"` only once the journals it wrote are synced (the answer never
+    /// precedes the durability it promises), by a commit shared with every other cascade of
+    /// the same loop turn.
     fn run(&self, partition: PartitionId, input: Input) {
         let mut work = VecDeque::from([(partition, input)]);
         let mut out = Vec::new();
@@ -247,29 +254,64 @@ impl EmbeddedShard {
                 }
             }
         }
-        if self.sync_always {
-            self.sync_due(now);
+        if self.sync_always
+            && (self.commit_scheduled.get()
+                || self
+                    .partitions
+                    .borrow()
+                    .iter()
+                    .any(|p| p.sync_deadline().is_some()))
+        {
+            // Group commit: held until one msync covers every cascade of this loop turn.
+            self.held.borrow_mut().extend(leaving);
+            self.schedule_commit();
+            return;
         }
         for output in leaving {
-            match output {
-                Output::ToPartition { partition, input } => {
-                    let host = self.host_of(partition);
-                    self.send(host, Envelope::ToPartition { partition, input });
+            self.dispatch(output);
+        }
+    }
+
+    /// After the tasks ready now have run (their cascades join this commit), syncs every
+    /// dirty journal once and releases what was held, in order.
+    fn schedule_commit(&self) {
+        if self.commit_scheduled.replace(true) {
+            return;
+        }
+        let this = self.me.clone();
+        glommio::spawn_local(async move {
+            futures_lite::future::yield_now().await;
+            let Some(me) = this.upgrade() else { return };
+            me.sync_due(u64::MAX);
+            me.commit_scheduled.set(false);
+            let held = std::mem::take(&mut *me.held.borrow_mut());
+            for output in held {
+                me.dispatch(output);
+            }
+        })
+        .detach();
+    }
+
+    /// Sends one output of a cascade where it goes.
+    fn dispatch(&self, output: Output) {
+        match output {
+            Output::ToPartition { partition, input } => {
+                let host = self.host_of(partition);
+                self.send(host, Envelope::ToPartition { partition, input });
+            }
+            Output::Reply { origin, reply } => {
+                if origin.shard == self.shard {
+                    self.to_sink(|s| s.reply(origin, reply));
+                } else {
+                    self.send(origin.shard, Envelope::Reply { origin, reply });
                 }
-                Output::Reply { origin, reply } => {
-                    if origin.shard == self.shard {
-                        self.to_sink(|s| s.reply(origin, reply));
-                    } else {
-                        self.send(origin.shard, Envelope::Reply { origin, reply });
-                    }
-                }
-                Output::Deliver(d) => self.deliver(d),
-                Output::Notify(n) => self.notify(n),
-                Output::ReadReceipt(r) => self.read_receipt(r),
-                Output::Kick(k) => {
-                    let shard = gate_shard_of(k.uid, self.shards);
-                    self.downlink_to(shard, Downlink::Kick(k));
-                }
+            }
+            Output::Deliver(d) => self.deliver(d),
+            Output::Notify(n) => self.notify(n),
+            Output::ReadReceipt(r) => self.read_receipt(r),
+            Output::Kick(k) => {
+                let shard = gate_shard_of(k.uid, self.shards);
+                self.downlink_to(shard, Downlink::Kick(k));
             }
         }
     }
