@@ -38,6 +38,8 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+mod websocket;
+
 use super::handoff::Handoff;
 use super::io::{Nb, OutQueue, recv_into};
 use super::owner_shard;
@@ -49,6 +51,8 @@ use crate::protocol::pb::{LoginReq, LoginResp};
 use crate::protocol::{Code, Frame, FrameDecoder, KickReason, MsgType, cmd, encode_frame};
 use crate::session::{Action, CloseWhy, ConnSession, LoggedIn, TokenBucket};
 use router::backend::{Origin, Request, Unavailable};
+use websocket::Transport;
+pub(crate) use websocket::{WsConn, capacity_answer};
 
 /// Largest single read from the fd beyond what the current frame needs.
 const READ_CHUNK: usize = 4096;
@@ -67,8 +71,9 @@ enum Exit {
     Close(CloseWhy),
     /// End of stream or a socket error: nothing more can be sent.
     Gone,
-    /// The LOGIN names a uid of another shard: move the fd there with these bytes (the LOGIN
-    /// frame and everything after it).
+    /// The LOGIN names a uid of another shard: move the fd there with these bytes (TCP: the
+    /// LOGIN frame and everything after it; WebSocket: the raw bytes after the LOGIN's message,
+    /// the LOGIN frame itself riding in the WebSocket state).
     HandOff { owner: usize, buffered: Bytes },
 }
 
@@ -88,6 +93,8 @@ pub(crate) struct Arrival {
     pub accepted_at: Instant,
     pub login_deadline: Instant,
     pub buffered: BytesMut,
+    /// A WebSocket connection handed over by another shard; `None`: the first bytes decide.
+    pub websocket: Option<Box<WsConn>>,
 }
 
 /// Runs one connection to its end and removes every trace of it from the shard.
@@ -106,7 +113,17 @@ pub(crate) fn serve(
         arrival.login_deadline,
         shard.settings.heartbeat,
     );
+    let transport = match arrival.websocket {
+        Some(ws) => {
+            shared.out().set_websocket();
+            Transport::WebSocket(ws)
+        }
+        None => Transport::Undecided {
+            opened: arrival.accepted_at,
+        },
+    };
     let conn = Conn {
+        transport,
         decoder: FrameDecoder::new(shard.settings.max_frame),
         fd: stream.as_raw_fd(),
         shard,
@@ -137,6 +154,8 @@ struct Conn {
     key: ConnKey,
     shared: Rc<ConnShared>,
     rbuf: BytesMut,
+    /// What carries the frames: decided by the first bytes (TCP, or HTTP then WebSocket).
+    transport: Transport,
     decoder: FrameDecoder,
     session: ConnSession,
     /// The connection's one wheel entry and the instant it fires.
@@ -176,6 +195,9 @@ impl Conn {
             Wake::Timer => {
                 self.timer = None;
                 let now = Instant::now();
+                if let Some(exit) = self.transport_timeout(now) {
+                    return Some(exit);
+                }
                 let action = self.session.handle_timeout(now);
                 if let Some(exit) = self.apply(action) {
                     return Some(exit);
@@ -190,23 +212,21 @@ impl Conn {
         self.apply(action)
     }
 
-    /// Decodes and applies every complete frame in the read buffer.
+    /// Decodes and applies every complete frame in the read buffer (the transport's first,
+    /// unless the connection speaks TCP).
     fn process_input(&mut self, now: Instant) -> Option<Exit> {
+        if !matches!(self.transport, Transport::Tcp) {
+            return self.process_transport(now);
+        }
+        self.process_frames(now)
+    }
+
+    /// Decodes and applies every complete TCP frame in the read buffer.
+    fn process_frames(&mut self, now: Instant) -> Option<Exit> {
         loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(frame)) => {
-                    if frame.msg_type == MsgType::Request
-                        && frame.cmd != cmd::PING
-                        && !self.take_token(now)
-                    {
-                        let why = "too many requests; retry later";
-                        let refused =
-                            refusal(frame.cmd, frame.log_id, frame.seq, Code::RateLimited, why);
-                        self.queue(refused);
-                        continue;
-                    }
-                    let action = self.session.handle_frame(frame, now);
-                    if let Some(exit) = self.apply(action) {
+                    if let Some(exit) = self.process_frame(frame, now) {
                         return Some(exit);
                     }
                 }
@@ -223,6 +243,19 @@ impl Conn {
             self.rbuf = BytesMut::new();
         }
         None
+    }
+
+    /// One complete frame from the client, whatever carried it.
+    #[inline]
+    fn process_frame(&mut self, frame: Frame, now: Instant) -> Option<Exit> {
+        if frame.msg_type == MsgType::Request && frame.cmd != cmd::PING && !self.take_token(now) {
+            let why = "too many requests; retry later";
+            let refused = refusal(frame.cmd, frame.log_id, frame.seq, Code::RateLimited, why);
+            self.queue(refused);
+            return None;
+        }
+        let action = self.session.handle_frame(frame, now);
+        self.apply(action)
     }
 
     fn apply(&mut self, action: Action) -> Option<Exit> {
@@ -344,7 +377,12 @@ impl Conn {
             // Re-frame the LOGIN so the owner decodes it as if it had read it itself.
             let login = encode_frame(cmd::LOGIN, MsgType::Request, log_id, seq, &req);
             let mut buffered = BytesMut::with_capacity(login.len() + self.rbuf.len());
-            buffered.extend_from_slice(&login);
+            if let Transport::WebSocket(ws) = &mut self.transport {
+                // The bytes after it are WebSocket frames: the LOGIN travels beside them.
+                ws.carry_login(login);
+            } else {
+                buffered.extend_from_slice(&login);
+            }
             buffered.extend_from_slice(&self.rbuf);
             self.rbuf = BytesMut::new();
             return Some(Exit::HandOff {
@@ -475,7 +513,13 @@ impl Conn {
     fn rearm_timer(&mut self) {
         let session_due = self.session.poll_timeout();
         let acks_due = self.shared.acks().poll_timeout();
-        let Some(due) = session_due.into_iter().chain(acks_due).min() else {
+        let http_due = self.transport.deadline();
+        let Some(due) = session_due
+            .into_iter()
+            .chain(acks_due)
+            .chain(http_due)
+            .min()
+        else {
             return;
         };
         match self.timer {
@@ -525,10 +569,12 @@ impl Conn {
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
         if !self.rbuf.is_empty() {
             // Mid-frame or busy: read straight into the buffer, sized to the frame.
-            let need = self
-                .decoder
-                .frame_len_hint(&self.rbuf)
-                .saturating_sub(self.rbuf.len());
+            let hint = match &self.transport {
+                Transport::WebSocket(ws) => ws.frame_len_hint(&self.rbuf),
+                Transport::Http { .. } => 0,
+                _ => self.decoder.frame_len_hint(&self.rbuf),
+            };
+            let need = hint.saturating_sub(self.rbuf.len());
             match recv_into(self.fd, &mut self.rbuf, need.max(READ_CHUNK)) {
                 Ok(Nb::Done(0)) | Err(_) => return Poll::Ready(Wake::Gone),
                 Ok(Nb::Done(_)) => return Poll::Ready(Wake::Input),
@@ -580,6 +626,11 @@ impl Conn {
             Exit::Gone => self.drop_output(),
             Exit::Close(why) => {
                 tracing::debug!(shard = self.shard.index, ?why, "closing");
+                if let Transport::WebSocket(ws) = &self.transport
+                    && let Some(close) = ws.final_close(why)
+                {
+                    self.shard.queue_raw_last(&self.shared, close);
+                }
                 self.flush_for(CLOSE_FLUSH_TIME).await;
                 self.drop_output();
                 linger(&mut self.stream, &mut self.rbuf).await;
@@ -597,10 +648,15 @@ impl Conn {
                     return;
                 }
                 let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+                let websocket = match self.transport {
+                    Transport::WebSocket(ws) => Some(ws),
+                    _ => None,
+                };
                 let handoff = Handoff {
                     fd,
                     buffered,
                     login_deadline: self.session.login_deadline(),
+                    websocket,
                 };
                 drop(self.stream);
                 super::handoff::send(&self.shard, owner, handoff);

@@ -84,10 +84,15 @@ pub(crate) struct ConnShared {
 }
 
 impl ConnShared {
-    /// Queues a frame. Limits and when to wake the connection are the shard's business: see
-    /// [`Shard::queue`].
-    fn push(&self, frame: Bytes) {
-        self.out.borrow_mut().push(frame);
+    /// Queues a frame (or, `raw`, bytes to send as they are); returns the bytes queued. Limits
+    /// and when to wake the connection are the shard's business: see [`Shard::queue`].
+    fn push(&self, bytes: Bytes, raw: bool) -> usize {
+        let mut out = self.out.borrow_mut();
+        if raw {
+            out.push_raw(bytes)
+        } else {
+            out.push(bytes)
+        }
     }
 
     /// The outbound queue, for the connection task to flush. Never held across an `.await`.
@@ -359,6 +364,15 @@ impl Shard {
     /// is a slow consumer: its backlog is dropped (its PUSHes are reported undelivered when it
     /// closes) and it is kicked (KICK 4).
     pub fn queue(&self, conn: &ConnShared, frame: Bytes) {
+        self.enqueue(conn, frame, false);
+    }
+
+    /// [`Shard::queue`] for bytes sent as they are, outside the frame stream (a WebSocket pong).
+    pub fn queue_raw(&self, conn: &ConnShared, bytes: Bytes) {
+        self.enqueue(conn, bytes, true);
+    }
+
+    fn enqueue(&self, conn: &ConnShared, frame: Bytes, raw: bool) {
         let len = frame.len();
         let limits = &self.settings.limits;
         let backlog = conn.out().bytes();
@@ -370,15 +384,23 @@ impl Shard {
             conn.request_kick(KickReason::SlowConsumer);
             return;
         }
-        self.outbound.set(self.outbound.get() + len);
-        conn.push(frame);
+        let queued = conn.push(frame, raw);
+        self.outbound.set(self.outbound.get() + queued);
         self.schedule_flush(conn);
     }
 
     /// Queues a connection's last frames (ERROR, KICK, LOGOUT's answer) whatever the limits.
     pub fn queue_last(&self, conn: &ConnShared, frame: Bytes) {
-        self.outbound.set(self.outbound.get() + frame.len());
-        conn.push(frame);
+        let queued = conn.push(frame, false);
+        self.outbound.set(self.outbound.get() + queued);
+        conn.wake();
+    }
+
+    /// [`Shard::queue_last`] for bytes sent as they are: the HTTP answer to an upgrade (before
+    /// any frame), a refusal, a WebSocket close frame.
+    pub fn queue_raw_last(&self, conn: &ConnShared, bytes: Bytes) {
+        let queued = conn.push(bytes, true);
+        self.outbound.set(self.outbound.get() + queued);
         conn.wake();
     }
 
