@@ -16,7 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::protocol::ws::{Opcode, SERVER_HEADER_LEN, server_header};
 
 /// Outcome of a non-blocking syscall.
-pub(crate) enum Nb<T> {
+pub enum Nb<T> {
     Done(T),
     WouldBlock,
 }
@@ -84,7 +84,7 @@ const WS_HEADER_BUFFER: usize = 256;
 /// frame, so the frame itself (one PUSH buffer shared by every recipient) is never copied.
 /// The header buffer is released with the queue's capacity when everything is written.
 #[derive(Debug, Default)]
-pub(crate) struct OutQueue {
+pub struct OutQueue {
     frames: VecDeque<Bytes>,
     bytes: usize,
     /// `Some` on a WebSocket connection: where frame headers are cut from.

@@ -36,6 +36,9 @@ use crate::config::{BackendKind, Settings};
 use crate::protocol::KickReason;
 pub use delivery::DeliveryObserver;
 use handoff::Handoff;
+/// A connection's outbound queue, public for the criterion benches (`bench/benches/fanout.rs`).
+#[doc(hidden)]
+pub use io::OutQueue;
 use state::{PublishedStats, Shard};
 
 /// How long the reference backend remembers a (uid, client_msg_id) (PROTOCOL.md: at least 24 h).
