@@ -4,8 +4,8 @@
 //!
 //! Loop: decode every complete frame buffered, apply what the session decides (message-path
 //! requests go to the backend; ACKs and forward PULLs settle pending PUSHes), re-arm the
-//! connection's one wheel timer at the earliest of the session's deadlines and the ack
-//! tracker's, then wait for the next event — bytes, end of stream, a kick, a due timer, a
+//! connection's one wheel timer at the earliest of the session's deadlines, the ack tracker's
+//! and (while a request head arrives) the HTTP header deadline, then wait for the next event — bytes, end of stream, a kick, a due timer, a
 //! backend login answer, or writability while output is queued. A due timer runs the session's
 //! deadlines and the PUSH resends (given-up PUSHes are reported undelivered and the client
 //! probed with a PING).
@@ -14,7 +14,14 @@
 //! buffer (glommio retries `recv` once, then arms an io_uring poll); what arrives is appended to
 //! a buffer sized on demand, which then reads straight from the fd (`io::recv_into`) until
 //! `EAGAIN`, and is released as soon as it is drained. It never holds more than one frame plus
-//! one read chunk, so at most `HEADER_LEN + max_frame + READ_CHUNK` bytes.
+//! one read chunk, so at most `HEADER_LEN + max_frame + READ_CHUNK` bytes (over WebSocket, plus
+//! a frame header, and a fragmented message's reassembly buffer of at most
+//! `HEADER_LEN + max_frame`; an HTTP request head, at most `gate.http_max_header_bytes` plus a
+//! read chunk).
+//!
+//! Transport: the first bytes decide — `GET ` is HTTP (an upgrade to WebSocket or a refusal),
+//! anything else the binary TCP protocol. The HTTP and WebSocket layer is the child module
+//! `websocket`; the TCP path only checks that the connection is TCP.
 //!
 //! Writes: frames are queued as shared `Bytes` (a PUSH is one buffer for all its recipients) and
 //! flushed with one `sendmsg` over up to 64 of them at a time before the task waits. On `EAGAIN` the task hands the first queued slice to glommio's
@@ -115,7 +122,7 @@ pub(crate) fn serve(
     );
     let transport = match arrival.websocket {
         Some(ws) => {
-            shared.out().set_websocket();
+            shared.set_websocket();
             Transport::WebSocket(ws)
         }
         None => Transport::Undecided {

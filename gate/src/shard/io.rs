@@ -13,8 +13,6 @@ use std::os::fd::RawFd;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::protocol::ws::{Opcode, SERVER_HEADER_LEN, server_header};
-
 /// Outcome of a non-blocking syscall.
 pub enum Nb<T> {
     Done(T),
@@ -72,58 +70,21 @@ pub(crate) fn peer_closed(fd: RawFd) -> bool {
 /// loopback socket buffer with typical frames, and keep the array on the stack small).
 const IOVECS_PER_WRITE: usize = 64;
 
-/// Bytes of a WebSocket connection's header buffer: room for ~100 headers per allocation.
-const WS_HEADER_BUFFER: usize = 256;
-
-/// A connection's outbound frames. Holds shared `Bytes` (never copied per recipient) and is
-/// written with one `sendmsg` per up to [`IOVECS_PER_WRITE`] buffers. Bounded by the caller,
+/// A connection's outbound buffers. Holds shared `Bytes` (never copied per recipient) and is
+/// written with one `sendmsg` per up to [`IOVECS_PER_WRITE`] of them. On a WebSocket
+/// connection each frame is preceded by its header as a buffer of its own (see
+/// `ConnShared::push`), so the frame is still the shared one. Bounded by the caller,
 /// which checks [`OutQueue::bytes`] against its limit before pushing.
-///
-/// On a WebSocket connection each frame is preceded by its own 2-10 byte server header: a
-/// `Bytes` cut from a small per-connection buffer, queued as a separate buffer ahead of the
-/// frame, so the frame itself (one PUSH buffer shared by every recipient) is never copied.
-/// The header buffer is released with the queue's capacity when everything is written.
 #[derive(Debug, Default)]
 pub struct OutQueue {
     frames: VecDeque<Bytes>,
     bytes: usize,
-    /// `Some` on a WebSocket connection: where frame headers are cut from.
-    ws_headers: Option<Box<BytesMut>>,
 }
 
 impl OutQueue {
-    /// Queues one imgate frame (framed as a binary message on a WebSocket connection); returns
-    /// the bytes it adds to the queue.
-    pub fn push(&mut self, frame: Bytes) -> usize {
-        let mut queued = frame.len();
-        if let Some(headers) = self.ws_headers.as_deref_mut() {
-            let (header, used) = server_header(Opcode::Binary, frame.len());
-            if headers.capacity() - headers.len() < SERVER_HEADER_LEN {
-                *headers = BytesMut::with_capacity(WS_HEADER_BUFFER);
-            }
-            headers.extend_from_slice(&header[..used]);
-            self.frames.push_back(headers.split().freeze());
-            queued += used;
-        }
-        self.bytes += queued;
+    pub fn push(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
         self.frames.push_back(frame);
-        queued
-    }
-
-    /// Queues bytes exactly as given (an HTTP answer, a WebSocket control frame); returns how
-    /// many.
-    pub fn push_raw(&mut self, bytes: Bytes) -> usize {
-        let len = bytes.len();
-        self.bytes += len;
-        self.frames.push_back(bytes);
-        len
-    }
-
-    /// From now on frames are sent as WebSocket binary messages.
-    pub fn set_websocket(&mut self) {
-        if self.ws_headers.is_none() {
-            self.ws_headers = Some(Box::default());
-        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -135,17 +96,9 @@ impl OutQueue {
         self.bytes
     }
 
-    /// Drops everything queued (a slow consumer's backlog before its KICK); the framing stays.
+    /// Drops everything queued (a slow consumer's backlog before its KICK).
     pub fn clear(&mut self) {
-        self.frames = VecDeque::new();
-        self.bytes = 0;
-        self.release_headers();
-    }
-
-    fn release_headers(&mut self) {
-        if let Some(headers) = self.ws_headers.as_deref_mut() {
-            *headers = BytesMut::new();
-        }
+        *self = Self::default();
     }
 
     /// The unwritten part of the first frame, for the stream's own (waiting) write.
@@ -170,7 +123,6 @@ impl OutQueue {
         if self.frames.is_empty() {
             // An idle connection keeps no output capacity.
             self.frames = VecDeque::new();
-            self.release_headers();
         }
     }
 
@@ -233,41 +185,6 @@ mod tests {
         b.read_exact(&mut got).unwrap();
         let want: Vec<u8> = (0..200u8).flat_map(|i| [i; 3]).collect();
         assert_eq!(got, want);
-    }
-
-    #[test]
-    fn websocket_frames_get_their_own_header_and_share_the_frame() {
-        use crate::protocol::ws::{Role, WsDecoder, WsEvent};
-        let (a, mut b) = UnixStream::pair().unwrap();
-        let mut q = OutQueue::default();
-        const HTTP: &[u8] = b"HTTP/1.1 101 \r\n\r\n";
-        let h = HTTP.len();
-        q.push_raw(Bytes::from_static(HTTP));
-        q.set_websocket();
-        let small = Bytes::from(vec![1u8; 30]);
-        let large = Bytes::from(vec![2u8; 300]);
-        assert_eq!(q.push(small.clone()), 32);
-        assert_eq!(q.push(large.clone()), 304);
-        // Header, frame, header, frame: the frames are the very buffers pushed.
-        assert!(q.frames.iter().any(|f| f.as_ptr() == large.as_ptr()));
-        assert_eq!(q.frames.len(), 5);
-        assert_eq!(q.bytes(), h + 32 + 304);
-        assert!(matches!(q.write_to(a.as_raw_fd()).unwrap(), Nb::Done(())));
-        assert!(q.ws_headers.as_ref().is_some_and(|h| h.capacity() == 0));
-        let mut got = vec![0u8; h + 32 + 304];
-        b.read_exact(&mut got).unwrap();
-        assert_eq!(&got[..h], HTTP);
-        let mut buf = BytesMut::from(&got[h..]);
-        let mut client = WsDecoder::new(Role::Client, 1024);
-        for want in [&small, &large] {
-            match client.decode(&mut buf).unwrap() {
-                Some(WsEvent::Message(m)) => assert_eq!(&m[..], &want[..]),
-                other => panic!("{other:?}"),
-            }
-        }
-        // A cleared queue stays a WebSocket one.
-        q.clear();
-        assert_eq!(q.push(small), 32);
     }
 
     #[test]

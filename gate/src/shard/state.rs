@@ -21,6 +21,7 @@ use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::delivery::{AckTracker, TimerId, TimerWheel};
 use crate::protocol::KickReason;
+use crate::protocol::ws::binary_header;
 use crate::session::Registry;
 
 /// A connection's slot in its shard's table; the generation makes a stale key (a timer that
@@ -78,21 +79,34 @@ pub(crate) struct ConnShared {
     key: Cell<ConnKey>,
     /// Queued output waits for the shard's flush tick (`delivery.flush_delay_us`).
     flush_scheduled: Cell<bool>,
+    /// Frames are framed as WebSocket binary messages.
+    websocket: Cell<bool>,
     /// 0 until logged in.
     uid: Cell<u64>,
     session_id: Cell<u64>,
 }
 
 impl ConnShared {
-    /// Queues a frame (or, `raw`, bytes to send as they are); returns the bytes queued. Limits
-    /// and when to wake the connection are the shard's business: see [`Shard::queue`].
+    /// Queues a frame (or, `raw`, bytes to send as they are); returns the bytes queued. On a
+    /// WebSocket connection a frame is preceded by its binary-message header, a buffer of its
+    /// own (static up to 64 KiB), so the frame — one PUSH buffer for every recipient — is never
+    /// copied. Limits and when to wake the connection are the shard's business: see
+    /// [`Shard::queue`].
     fn push(&self, bytes: Bytes, raw: bool) -> usize {
         let mut out = self.out.borrow_mut();
-        if raw {
-            out.push_raw(bytes)
-        } else {
-            out.push(bytes)
+        let mut queued = bytes.len();
+        if !raw && self.websocket.get() {
+            let header = binary_header(bytes.len());
+            queued += header.len();
+            out.push(header);
         }
+        out.push(bytes);
+        queued
+    }
+
+    /// From now on frames go out as WebSocket binary messages.
+    pub fn set_websocket(&self) {
+        self.websocket.set(true);
     }
 
     /// The outbound queue, for the connection task to flush. Never held across an `.await`.
@@ -529,5 +543,56 @@ impl Shard {
 
     pub fn set_timer_waker(&self, waker: &Waker) {
         self.timer_waker.set(Some(waker.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::ConnShared;
+    use crate::protocol::ws::{Role, WsDecoder, WsEvent};
+
+    /// The queued buffers, concatenated as `sendmsg` would write them.
+    fn wire(shared: &ConnShared) -> BytesMut {
+        let mut out = shared.out();
+        let mut wire = BytesMut::new();
+        while let Some(front) = out.front() {
+            let front = front.to_vec();
+            wire.extend_from_slice(&front);
+            out.advance(front.len());
+        }
+        wire
+    }
+
+    #[test]
+    fn websocket_frames_get_a_header_of_their_own_and_stay_shared() {
+        let shared = ConnShared::default();
+        let http = bytes::Bytes::from_static(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert_eq!(shared.push(http.clone(), true), http.len());
+        shared.set_websocket();
+        let small = bytes::Bytes::from(vec![1u8; 30]);
+        let large = bytes::Bytes::from(vec![2u8; 300]);
+        assert_eq!(shared.push(small.clone(), false), 32);
+        assert_eq!(shared.push(large.clone(), false), 304);
+        assert_eq!(shared.out().bytes(), http.len() + 32 + 304);
+        let mut wire = wire(&shared);
+        assert_eq!(&wire.split_to(http.len())[..], &http[..]);
+        let mut client = WsDecoder::new(Role::Client, 1024);
+        for want in [&small, &large] {
+            match client.decode(&mut wire).expect("valid") {
+                Some(WsEvent::Message(m)) => assert_eq!(&m[..], &want[..]),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(wire.is_empty());
+    }
+
+    #[test]
+    fn tcp_frames_go_out_as_they_are() {
+        let shared = ConnShared::default();
+        let frame = bytes::Bytes::from(vec![3u8; 40]);
+        assert_eq!(shared.push(frame.clone(), false), 40);
+        assert_eq!(&wire(&shared)[..], &frame[..]);
     }
 }

@@ -7,8 +7,8 @@
 //! `gate.http_max_header_bytes` and by `gate.http_header_timeout_ms` from the connection's
 //! opening (a deadline on the connection's one wheel entry, like its login deadline);
 //! `WebSocket` after a `101`. The sans-IO parts are `protocol::ws`; this is the shell that feeds
-//! them the read buffer and queues what they answer. Output framing lives in the out queue
-//! (`OutQueue::set_websocket`).
+//! them the read buffer and queues what they answer. Output framing is the shared part's
+//! (`ConnShared::set_websocket`): a static header buffer ahead of each shared frame.
 //!
 //! Over WebSocket each binary message must be exactly one imgate frame: it is decoded by the
 //! same frame decoder and handed to the same session as a TCP frame. Refusals follow
@@ -197,7 +197,7 @@ impl Conn {
             Ok(Some(upgrade)) => {
                 self.rbuf.advance(upgrade.used);
                 self.shard.queue_raw_last(&self.shared, upgrade.response());
-                self.shared.out().set_websocket();
+                self.shared.set_websocket();
                 let max_frame = self.shard.settings.max_frame;
                 self.transport = Transport::WebSocket(Box::new(WsConn::new(max_frame)));
                 Ok(true)
