@@ -169,6 +169,10 @@ pub struct GateConfig {
     pub peers: Vec<String>,
     pub huge_pages: bool,
     pub drain_secs: u32,
+    pub ws_path: String,
+    pub ws_allowed_origins: Vec<String>,
+    pub http_max_header_bytes: usize,
+    pub http_header_timeout_ms: u64,
 }
 
 impl Default for GateConfig {
@@ -186,6 +190,10 @@ impl Default for GateConfig {
             peers: Vec::new(),
             huge_pages: false,
             drain_secs: 30,
+            ws_path: String::new(),
+            ws_allowed_origins: Vec::new(),
+            http_max_header_bytes: 8192,
+            http_header_timeout_ms: 5000,
         }
     }
 }
@@ -221,7 +229,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     (
         "gate.listen",
         "\"127.0.0.1:7000\"",
-        "client address (TCP frames; every shard accepts, SO_REUSEPORT)",
+        "client address (TCP frames, and WebSocket on /ws; every shard accepts, SO_REUSEPORT)",
     ),
     (
         "gate.shards",
@@ -277,6 +285,26 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "gate.peers",
         "[]",
         "other gates' client addresses, offered in KICK 2's reconnect_to",
+    ),
+    (
+        "gate.ws_path",
+        "\"\"",
+        "another path served like /ws for WebSocket upgrades (e.g. \"/chat\"); empty: /ws only",
+    ),
+    (
+        "gate.ws_allowed_origins",
+        "[]",
+        "Origin values allowed to upgrade (exact, ASCII case ignored); others get 403; empty: any",
+    ),
+    (
+        "gate.http_max_header_bytes",
+        "8192",
+        "largest HTTP request head (request line + headers) on the client port; over it: 431 and close",
+    ),
+    (
+        "gate.http_header_timeout_ms",
+        "5000",
+        "an HTTP request head must arrive within this after the connection opens, or 408 and close",
     ),
     (
         "delivery.ack_timeout_ms",
@@ -444,6 +472,8 @@ pub struct Settings {
     pub drain_secs: u32,
     /// The admin endpoint's address; `None`: off.
     pub admin_listen: Option<SocketAddr>,
+    /// WebSocket on the client port (`gate.ws_*`, `gate.http_*`).
+    pub ws: WsSettings,
     pub auth_mode: AuthMode,
     pub auth_secret: Vec<u8>,
     pub backend: BackendConfig,
@@ -459,6 +489,17 @@ pub struct Settings {
     pub max_connections: usize,
     /// Adjustments made while validating, for the start-up log.
     pub warnings: Vec<String>,
+}
+
+/// The client port's HTTP/WebSocket side, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsSettings {
+    /// A path served like `/ws`; empty: none.
+    pub path: String,
+    /// Allowed `Origin` values; empty: any.
+    pub allowed_origins: Vec<String>,
+    pub max_header_bytes: usize,
+    pub header_timeout: Duration,
 }
 
 impl Settings {
@@ -633,6 +674,7 @@ impl Config {
             }
             n => n,
         };
+        let ws = validate_ws(g)?;
         let handoff_queue = NonZeroUsize::new(g.handoff_queue)
             .ok_or_else(|| invalid("gate.handoff_queue", "must be at least 1"))?;
         match self.auth.mode {
@@ -726,6 +768,7 @@ impl Config {
             huge_pages: g.huge_pages,
             drain_secs: g.drain_secs,
             admin_listen,
+            ws,
             auth_mode: self.auth.mode,
             auth_secret: self.auth.secret.clone().into_bytes(),
             backend: self.backend.clone(),
@@ -739,6 +782,49 @@ impl Config {
             warnings,
         })
     }
+}
+
+/// The `gate.ws_*` and `gate.http_*` keys.
+fn validate_ws(g: &GateConfig) -> Result<WsSettings, ConfigError> {
+    let path = &g.ws_path;
+    if !path.is_empty()
+        && (!path.starts_with('/')
+            || path.contains('?')
+            || path.bytes().any(|b| b <= b' ' || b >= 0x7F))
+    {
+        return Err(invalid(
+            "gate.ws_path",
+            format!("{path:?} must be empty or a path starting with / (no query, no spaces)"),
+        ));
+    }
+    if let Some(bad) = g
+        .ws_allowed_origins
+        .iter()
+        .find(|o| o.is_empty() || o.bytes().any(|b| b <= b' ' || b >= 0x7F))
+    {
+        return Err(invalid(
+            "gate.ws_allowed_origins",
+            format!("{bad:?} is not an origin (e.g. \"https://chat.example.com\")"),
+        ));
+    }
+    if !(256..=1 << 20).contains(&g.http_max_header_bytes) {
+        return Err(invalid(
+            "gate.http_max_header_bytes",
+            "must be between 256 and 1048576",
+        ));
+    }
+    if !(100..=600_000).contains(&g.http_header_timeout_ms) {
+        return Err(invalid(
+            "gate.http_header_timeout_ms",
+            "must be between 100 and 600000",
+        ));
+    }
+    Ok(WsSettings {
+        path: path.clone(),
+        allowed_origins: g.ws_allowed_origins.clone(),
+        max_header_bytes: g.http_max_header_bytes,
+        header_timeout: Duration::from_millis(g.http_header_timeout_ms),
+    })
 }
 
 /// Descriptors kept for listeners, executors, rings and log files, plus per shard.
@@ -821,6 +907,10 @@ mod tests {
         assert_eq!(s.max_frame, 65536);
         assert_eq!(s.idle_timeout(), Duration::from_secs(90));
         assert!(s.gate_id.ends_with(":7000"));
+        assert_eq!(s.ws.path, "");
+        assert!(s.ws.allowed_origins.is_empty());
+        assert_eq!(s.ws.max_header_bytes, 8192);
+        assert_eq!(s.ws.header_timeout, Duration::from_secs(5));
     }
 
     #[test]
@@ -870,6 +960,20 @@ mod tests {
             ("[gate]\nheartbeat_secs = 0\n", "gate.heartbeat_secs"),
             ("[gate]\nlisten = \"nonsense\"\n", "gate.listen"),
             ("[log]\nlevel = \"loud\"\n", "log.level"),
+            ("[gate]\nws_path = \"chat\"\n", "gate.ws_path"),
+            ("[gate]\nws_path = \"/a b\"\n", "gate.ws_path"),
+            (
+                "[gate]\nws_allowed_origins = [\"\"]\n",
+                "gate.ws_allowed_origins",
+            ),
+            (
+                "[gate]\nhttp_max_header_bytes = 10\n",
+                "gate.http_max_header_bytes",
+            ),
+            (
+                "[gate]\nhttp_header_timeout_ms = 0\n",
+                "gate.http_header_timeout_ms",
+            ),
         ] {
             let err = Config::from_toml(text)
                 .unwrap()

@@ -27,6 +27,12 @@
 //! - Bytes from the network end as a frame or a typed error, never a panic. After a
 //!   [`ClientError::Frame`] the stream is out of step and every later read repeats that error.
 //!
+//! - Over WebSocket ([`Client::connect_ws`]) every frame sent is one masked binary message and
+//!   every binary message received is unwrapped into the same frame stream; the gate's pings
+//!   are answered, and its close frame ends the stream like a TCP close (its code is kept:
+//!   [`Client::ws_close_code`]). [`Client::send_raw`] writes bytes as they are on both
+//!   transports (tests use it for malformed WebSocket frames).
+//!
 //! It never spawns a thread and keeps no state beyond this one connection.
 
 pub mod chat;
@@ -39,8 +45,12 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use prost::Message;
 
+use crate::protocol::ws::{
+    Opcode, Role, WsDecoder, WsError, WsEvent, accept_key, client_frame, client_request,
+    write_frame,
+};
 use crate::protocol::{
-    DEFAULT_MAX_FRAME, Frame, FrameDecoder, FrameError, MsgType, cmd, encode_frame, pb,
+    DEFAULT_MAX_FRAME, Frame, FrameDecoder, FrameError, HEADER_LEN, MsgType, cmd, encode_frame, pb,
 };
 
 /// Most frames [`Client::recv_response`] keeps aside while it looks for a response.
@@ -85,6 +95,13 @@ pub enum ClientError {
     },
     #[error("{cap} unrelated frames are waiting; drain them with recv_frame")]
     BacklogFull { cap: usize },
+    #[error("the gate sent a bad WebSocket frame: {0}")]
+    WebSocket(#[from] WsError),
+    /// The upgrade was answered with another status than 101 (0: not HTTP at all).
+    #[error("WebSocket upgrade refused with HTTP status {status}")]
+    UpgradeRefused { status: u16 },
+    #[error("WebSocket upgrade answered with a wrong Sec-WebSocket-Accept")]
+    BadAccept,
 }
 
 impl ClientError {
@@ -119,7 +136,37 @@ pub struct Client {
     eof: bool,
     auto_pong: bool,
     call_timeout: Duration,
+    /// `Some` when frames travel over WebSocket.
+    ws: Option<Box<WsTransport>>,
 }
+
+/// The client side of a WebSocket connection.
+struct WsTransport {
+    decoder: WsDecoder,
+    /// Bytes read and not yet unwrapped.
+    raw: BytesMut,
+    /// The gate's close frame code, once it came.
+    close_code: Option<u16>,
+    /// Mask keys (xorshift32; RFC 6455 wants them unpredictable to proxies, which a test and
+    /// tool client can live without).
+    mask_state: u32,
+}
+
+impl WsTransport {
+    fn next_mask(&mut self) -> [u8; 4] {
+        let mut x = self.mask_state;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.mask_state = x;
+        x.to_be_bytes()
+    }
+}
+
+/// How long [`Client::connect_ws`] waits for the 101.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest upgrade answer read.
+const MAX_UPGRADE_RESPONSE: usize = 4096;
 
 impl Client {
     /// Connects with TCP_NODELAY.
@@ -140,7 +187,75 @@ impl Client {
             eof: false,
             auto_pong: true,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            ws: None,
         })
+    }
+
+    /// Connects and upgrades to WebSocket on `path` (e.g. `/ws`); every frame then travels as
+    /// one binary message. Checks the 101 and its `Sec-WebSocket-Accept`.
+    pub fn connect_ws(addr: SocketAddr, path: &str) -> Result<Self, ClientError> {
+        let mut client = Self::from_stream(TcpStream::connect(addr)?)?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9E37_79B9, |d| d.subsec_nanos())
+            | 1;
+        let mut key_bytes = [0u8; 16];
+        for (i, chunk) in key_bytes.chunks_mut(4).enumerate() {
+            chunk.copy_from_slice(&seed.rotate_left(i as u32 * 8).to_be_bytes());
+        }
+        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key_bytes);
+        let request = client_request(&addr.to_string(), path, &key, None);
+        client.stream.write_all(request.as_bytes())?;
+        let deadline = Instant::now() + UPGRADE_TIMEOUT;
+        let head_end = loop {
+            if let Some(at) = client.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if client.eof || client.buf.len() > MAX_UPGRADE_RESPONSE {
+                return Err(ClientError::UpgradeRefused {
+                    status: http_status(&client.buf),
+                });
+            }
+            client.fill(deadline)?;
+        };
+        let head = client.buf.split_to(head_end);
+        let status = http_status(&head);
+        if status != 101 {
+            return Err(ClientError::UpgradeRefused { status });
+        }
+        let want = format!("sec-websocket-accept: {}", accept_key(&key));
+        let accepted = String::from_utf8_lossy(&head)
+            .split("\r\n")
+            .any(|line| line.eq_ignore_ascii_case(&want));
+        if !accepted {
+            return Err(ClientError::BadAccept);
+        }
+        let raw = client.buf.split();
+        client.ws = Some(Box::new(WsTransport {
+            decoder: WsDecoder::new(Role::Client, HEADER_LEN + MAX_WS_MESSAGE_BODY),
+            raw,
+            close_code: None,
+            mask_state: seed,
+        }));
+        client.unwrap_ws()?;
+        Ok(client)
+    }
+
+    /// The status code of the gate's WebSocket close frame, once one arrived.
+    pub fn ws_close_code(&self) -> Option<u16> {
+        self.ws.as_ref().and_then(|ws| ws.close_code)
+    }
+
+    /// Sends `payload` as one masked binary WebSocket message (a WebSocket client only; on TCP
+    /// the payload is written as it is).
+    pub fn send_ws_message(&mut self, payload: &[u8]) -> io::Result<()> {
+        match self.ws.as_deref_mut() {
+            Some(ws) => {
+                let frame = client_frame(payload, ws.next_mask());
+                self.stream.write_all(&frame)
+            }
+            None => self.stream.write_all(payload),
+        }
     }
 
     /// The underlying stream, e.g. for `local_addr` or `shutdown`.
@@ -190,10 +305,11 @@ impl Client {
         body: &impl Message,
     ) -> io::Result<()> {
         let frame = encode_frame(cmd, msg_type, log_id, seq, body);
-        self.stream.write_all(&frame)
+        self.send_ws_message(&frame)
     }
 
-    /// Writes bytes as they are (malformed frames, partial frames).
+    /// Writes bytes as they are (malformed frames, partial frames; on WebSocket, the caller's
+    /// own WebSocket frames).
     pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)
     }
@@ -347,11 +463,18 @@ impl Client {
             return Err(ClientError::Timeout);
         }
         self.stream.set_read_timeout(Some(remaining))?;
-        let start = self.buf.len();
-        self.buf.resize(start + READ_CHUNK, 0);
-        let read = self.stream.read(&mut self.buf[start..]);
+        let into = match self.ws.as_deref_mut() {
+            Some(ws) => &mut ws.raw,
+            None => &mut self.buf,
+        };
+        let start = into.len();
+        into.resize(start + READ_CHUNK, 0);
+        let read = self.stream.read(&mut into[start..]);
         let n = *read.as_ref().unwrap_or(&0);
-        self.buf.truncate(start + n);
+        into.truncate(start + n);
+        if n > 0 && self.ws.is_some() {
+            self.unwrap_ws()?;
+        }
         match read {
             Ok(0) => self.eof = true,
             Ok(_) => {}
@@ -368,6 +491,63 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// Largest message body a WebSocket client accepts: the gate's largest `max_frame`.
+const MAX_WS_MESSAGE_BODY: usize = 16 << 20;
+
+impl Client {
+    /// Moves every whole binary message read so far into the frame buffer, answering pings;
+    /// the gate's close frame is answered and ends the stream.
+    fn unwrap_ws(&mut self) -> Result<(), ClientError> {
+        let Some(ws) = self.ws.as_deref_mut() else {
+            return Ok(());
+        };
+        loop {
+            match ws.decoder.decode(&mut ws.raw)? {
+                None => return Ok(()),
+                Some(WsEvent::Message(message)) => self.buf.extend_from_slice(&message),
+                Some(WsEvent::Ping(payload)) => {
+                    let mut pong = BytesMut::new();
+                    write_frame(
+                        &mut pong,
+                        true,
+                        Opcode::Pong as u8,
+                        &payload,
+                        Some(ws.next_mask()),
+                    );
+                    let _ = self.stream.write_all(&pong);
+                }
+                Some(WsEvent::Pong) => {}
+                Some(WsEvent::Close { code }) => {
+                    ws.close_code = Some(code.unwrap_or(1005));
+                    let mut close = BytesMut::new();
+                    let payload = code.map(u16::to_be_bytes);
+                    let payload = payload.as_ref().map_or(&[][..], |p| &p[..]);
+                    write_frame(
+                        &mut close,
+                        true,
+                        Opcode::Close as u8,
+                        payload,
+                        Some(ws.next_mask()),
+                    );
+                    let _ = self.stream.write_all(&close);
+                    ws.raw.clear();
+                    self.eof = true;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// The status code of an HTTP response head (0 when it is not one).
+fn http_status(head: &[u8]) -> u16 {
+    head.strip_prefix(b"HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| std::str::from_utf8(code).ok())
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Decodes `frame` as the response to a `cmd` request: ERROR becomes [`ClientError::Refused`].

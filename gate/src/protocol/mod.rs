@@ -6,6 +6,7 @@
 
 pub mod codes;
 pub mod frame;
+pub mod ws;
 
 pub use codes::{Code, KickReason};
 pub use frame::{

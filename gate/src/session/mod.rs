@@ -79,6 +79,8 @@ pub enum CloseWhy {
     ProbeUnanswered,
     Protocol,
     Kicked(KickReason),
+    /// The client closed its transport cleanly (a WebSocket close frame): no KICK.
+    PeerClosed,
 }
 
 /// One connection's protocol state. Small on purpose: an idle logged-in connection keeps this,
@@ -268,6 +270,24 @@ impl ConnSession {
             }
             _ => None,
         };
+        self.close_with_kick(error, KickReason::ProtocolError, CloseWhy::Protocol)
+    }
+
+    /// The transport under the frames failed (over WebSocket: a message that is not exactly one
+    /// frame, a text message, an oversize message whose frame header is unknown, a framing
+    /// violation): the ERROR named, if any, as a notify (there is no request to echo), then
+    /// KICK 5 if logged in, then close.
+    pub fn handle_transport_error(&mut self, error: Option<(Code, &str)>) -> Action {
+        if matches!(self.phase, Phase::Closing(_)) {
+            return Action::None;
+        }
+        let error = error.map(|(code, message)| {
+            let body = ErrorBody {
+                code: code.wire(),
+                message: message.into(),
+            };
+            encode_frame(cmd::ERROR, MsgType::Notify, 0, 0, &body)
+        });
         self.close_with_kick(error, KickReason::ProtocolError, CloseWhy::Protocol)
     }
 

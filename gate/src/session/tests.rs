@@ -355,6 +355,42 @@ fn frame_errors_send_the_named_error_then_kick_5_when_logged_in() {
 }
 
 #[test]
+fn transport_errors_send_the_named_error_as_a_notify_then_kick_5_when_logged_in() {
+    let t0 = Instant::now();
+    let mut fresh = session(t0);
+    match fresh.handle_transport_error(None) {
+        Action::Close {
+            frames,
+            why: CloseWhy::Protocol,
+        } => assert!(
+            frames.is_empty(),
+            "nothing named, nothing sent before login"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let mut s = session(t0);
+    log_in(&mut s, 42, t0);
+    match s.handle_transport_error(Some((Code::BadRequest, "text"))) {
+        Action::Close { frames, .. } => {
+            assert_eq!(frames.len(), 2, "ERROR then KICK");
+            let e = decode_one(&frames[0]);
+            assert_eq!((e.cmd, e.msg_type, e.seq), (cmd::ERROR, MsgType::Notify, 0));
+            assert_eq!(
+                ErrorBody::decode(e.body).unwrap().code,
+                Code::BadRequest.wire()
+            );
+            assert_eq!(Kick::decode(decode_one(&frames[1]).body).unwrap().reason, 5);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        s.handle_transport_error(None),
+        Action::None,
+        "already closing"
+    );
+}
+
+#[test]
 fn kick_of_a_logged_in_session_sends_its_reason_and_nothing_after_closing() {
     let t0 = Instant::now();
     let mut s = session(t0);

@@ -4,8 +4,8 @@
 //!
 //! Loop: decode every complete frame buffered, apply what the session decides (message-path
 //! requests go to the backend; ACKs and forward PULLs settle pending PUSHes), re-arm the
-//! connection's one wheel timer at the earliest of the session's deadlines and the ack
-//! tracker's, then wait for the next event — bytes, end of stream, a kick, a due timer, a
+//! connection's one wheel timer at the earliest of the session's deadlines, the ack tracker's
+//! and (while a request head arrives) the HTTP header deadline, then wait for the next event — bytes, end of stream, a kick, a due timer, a
 //! backend login answer, or writability while output is queued. A due timer runs the session's
 //! deadlines and the PUSH resends (given-up PUSHes are reported undelivered and the client
 //! probed with a PING).
@@ -14,7 +14,14 @@
 //! buffer (glommio retries `recv` once, then arms an io_uring poll); what arrives is appended to
 //! a buffer sized on demand, which then reads straight from the fd (`io::recv_into`) until
 //! `EAGAIN`, and is released as soon as it is drained. It never holds more than one frame plus
-//! one read chunk, so at most `HEADER_LEN + max_frame + READ_CHUNK` bytes.
+//! one read chunk, so at most `HEADER_LEN + max_frame + READ_CHUNK` bytes (over WebSocket, plus
+//! a frame header, and a fragmented message's reassembly buffer of at most
+//! `HEADER_LEN + max_frame`; an HTTP request head, at most `gate.http_max_header_bytes` plus a
+//! read chunk).
+//!
+//! Transport: the first bytes decide — `GET ` is HTTP (an upgrade to WebSocket or a refusal),
+//! anything else the binary TCP protocol. The HTTP and WebSocket layer is the child module
+//! `websocket`; the TCP path only checks that the connection is TCP.
 //!
 //! Writes: frames are queued as shared `Bytes` (a PUSH is one buffer for all its recipients) and
 //! flushed with one `sendmsg` over up to 64 of them at a time before the task waits. On `EAGAIN` the task hands the first queued slice to glommio's
@@ -38,6 +45,8 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+mod websocket;
+
 use super::handoff::Handoff;
 use super::io::{Nb, OutQueue, recv_into};
 use super::owner_shard;
@@ -49,6 +58,8 @@ use crate::protocol::pb::{LoginReq, LoginResp};
 use crate::protocol::{Code, Frame, FrameDecoder, KickReason, MsgType, cmd, encode_frame};
 use crate::session::{Action, CloseWhy, ConnSession, LoggedIn, TokenBucket};
 use router::backend::{Origin, Request, Unavailable};
+use websocket::Transport;
+pub(crate) use websocket::{WsConn, capacity_answer};
 
 /// Largest single read from the fd beyond what the current frame needs.
 const READ_CHUNK: usize = 4096;
@@ -67,8 +78,9 @@ enum Exit {
     Close(CloseWhy),
     /// End of stream or a socket error: nothing more can be sent.
     Gone,
-    /// The LOGIN names a uid of another shard: move the fd there with these bytes (the LOGIN
-    /// frame and everything after it).
+    /// The LOGIN names a uid of another shard: move the fd there with these bytes (TCP: the
+    /// LOGIN frame and everything after it; WebSocket: the raw bytes after the LOGIN's message,
+    /// the LOGIN frame itself riding in the WebSocket state).
     HandOff { owner: usize, buffered: Bytes },
 }
 
@@ -88,6 +100,8 @@ pub(crate) struct Arrival {
     pub accepted_at: Instant,
     pub login_deadline: Instant,
     pub buffered: BytesMut,
+    /// A WebSocket connection handed over by another shard; `None`: the first bytes decide.
+    pub websocket: Option<Box<WsConn>>,
 }
 
 /// Runs one connection to its end and removes every trace of it from the shard.
@@ -106,7 +120,17 @@ pub(crate) fn serve(
         arrival.login_deadline,
         shard.settings.heartbeat,
     );
+    let transport = match arrival.websocket {
+        Some(ws) => {
+            shared.set_websocket();
+            Transport::WebSocket(ws)
+        }
+        None => Transport::Undecided {
+            opened: arrival.accepted_at,
+        },
+    };
     let conn = Conn {
+        transport,
         decoder: FrameDecoder::new(shard.settings.max_frame),
         fd: stream.as_raw_fd(),
         shard,
@@ -137,6 +161,8 @@ struct Conn {
     key: ConnKey,
     shared: Rc<ConnShared>,
     rbuf: BytesMut,
+    /// What carries the frames: decided by the first bytes (TCP, or HTTP then WebSocket).
+    transport: Transport,
     decoder: FrameDecoder,
     session: ConnSession,
     /// The connection's one wheel entry and the instant it fires.
@@ -179,6 +205,9 @@ impl Conn {
             Wake::Timer => {
                 self.timer = None;
                 let now = Instant::now();
+                if let Some(exit) = self.transport_timeout(now) {
+                    return Some(exit);
+                }
                 let action = self.session.handle_timeout(now);
                 if let Some(exit) = self.apply(action) {
                     return Some(exit);
@@ -193,25 +222,21 @@ impl Conn {
         self.apply(action)
     }
 
-    /// Decodes and applies every complete frame in the read buffer.
+    /// Decodes and applies every complete frame in the read buffer (the transport's first,
+    /// unless the connection speaks TCP).
     fn process_input(&mut self, now: Instant) -> Option<Exit> {
+        if !matches!(self.transport, Transport::Tcp) {
+            return self.process_transport(now);
+        }
+        self.process_frames(now)
+    }
+
+    /// Decodes and applies every complete TCP frame in the read buffer.
+    fn process_frames(&mut self, now: Instant) -> Option<Exit> {
         loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(frame)) => {
-                    self.shard.metric(|m| m.frames_in += 1);
-                    if frame.msg_type == MsgType::Request
-                        && frame.cmd != cmd::PING
-                        && !self.take_token(now)
-                    {
-                        self.shard.metric(|m| m.rate_limited += 1);
-                        let why = "too many requests; retry later";
-                        let refused =
-                            refusal(frame.cmd, frame.log_id, frame.seq, Code::RateLimited, why);
-                        self.queue(refused);
-                        continue;
-                    }
-                    let action = self.session.handle_frame(frame, now);
-                    if let Some(exit) = self.apply(action) {
+                    if let Some(exit) = self.process_frame(frame, now) {
                         return Some(exit);
                     }
                 }
@@ -228,6 +253,21 @@ impl Conn {
             self.rbuf = BytesMut::new();
         }
         None
+    }
+
+    /// One complete frame from the client, whatever carried it.
+    #[inline]
+    fn process_frame(&mut self, frame: Frame, now: Instant) -> Option<Exit> {
+        self.shard.metric(|m| m.frames_in += 1);
+        if frame.msg_type == MsgType::Request && frame.cmd != cmd::PING && !self.take_token(now) {
+            self.shard.metric(|m| m.rate_limited += 1);
+            let why = "too many requests; retry later";
+            let refused = refusal(frame.cmd, frame.log_id, frame.seq, Code::RateLimited, why);
+            self.queue(refused);
+            return None;
+        }
+        let action = self.session.handle_frame(frame, now);
+        self.apply(action)
     }
 
     fn apply(&mut self, action: Action) -> Option<Exit> {
@@ -365,7 +405,12 @@ impl Conn {
             // Re-frame the LOGIN so the owner decodes it as if it had read it itself.
             let login = encode_frame(cmd::LOGIN, MsgType::Request, log_id, seq, &req);
             let mut buffered = BytesMut::with_capacity(login.len() + self.rbuf.len());
-            buffered.extend_from_slice(&login);
+            if let Transport::WebSocket(ws) = &mut self.transport {
+                // The bytes after it are WebSocket frames: the LOGIN travels beside them.
+                ws.carry_login(login);
+            } else {
+                buffered.extend_from_slice(&login);
+            }
             buffered.extend_from_slice(&self.rbuf);
             self.rbuf = BytesMut::new();
             return Some(Exit::HandOff {
@@ -496,7 +541,13 @@ impl Conn {
     fn rearm_timer(&mut self) {
         let session_due = self.session.poll_timeout();
         let acks_due = self.shared.acks().poll_timeout();
-        let Some(due) = session_due.into_iter().chain(acks_due).min() else {
+        let http_due = self.transport.deadline();
+        let Some(due) = session_due
+            .into_iter()
+            .chain(acks_due)
+            .chain(http_due)
+            .min()
+        else {
             return;
         };
         match self.timer {
@@ -548,10 +599,12 @@ impl Conn {
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
         if !self.rbuf.is_empty() {
             // Mid-frame or busy: read straight into the buffer, sized to the frame.
-            let need = self
-                .decoder
-                .frame_len_hint(&self.rbuf)
-                .saturating_sub(self.rbuf.len());
+            let hint = match &self.transport {
+                Transport::WebSocket(ws) => ws.frame_len_hint(&self.rbuf),
+                Transport::Http { .. } => 0,
+                _ => self.decoder.frame_len_hint(&self.rbuf),
+            };
+            let need = hint.saturating_sub(self.rbuf.len());
             match recv_into(self.fd, &mut self.rbuf, need.max(READ_CHUNK)) {
                 Ok(Nb::Done(0)) | Err(_) => return Poll::Ready(Wake::Gone),
                 Ok(Nb::Done(n)) => {
@@ -607,6 +660,11 @@ impl Conn {
             Exit::Gone => self.drop_output(),
             Exit::Close(why) => {
                 tracing::debug!(shard = self.shard.index, ?why, "closing");
+                if let Transport::WebSocket(ws) = &self.transport
+                    && let Some(close) = ws.final_close(why)
+                {
+                    self.shard.queue_raw_last(&self.shared, close);
+                }
                 self.flush_for(CLOSE_FLUSH_TIME).await;
                 self.drop_output();
                 linger(&mut self.stream, &mut self.rbuf).await;
@@ -628,10 +686,15 @@ impl Conn {
                     return;
                 }
                 let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+                let websocket = match self.transport {
+                    Transport::WebSocket(ws) => Some(ws),
+                    _ => None,
+                };
                 let handoff = Handoff {
                     fd,
                     buffered,
                     login_deadline: self.session.login_deadline(),
+                    websocket,
                 };
                 drop(self.stream);
                 super::handoff::send(&self.shard, owner, handoff);

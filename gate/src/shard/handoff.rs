@@ -2,8 +2,9 @@
 //!
 //! The accepting shard, on a LOGIN for another shard's uid, flushes what it owes the client,
 //! `dup`s the fd, drops its glommio stream and sends [`Handoff`] (the fd, the LOGIN frame and
-//! any bytes after it, the login deadline) over the bounded `channel_mesh`. The owner checks the
-//! client is still there, adopts the fd with `from_raw_fd` and serves it from the LOGIN on.
+//! any bytes after it, the login deadline, and a WebSocket connection's transport state) over
+//! the bounded `channel_mesh`. The owner checks the client is still there, adopts the fd with
+//! `from_raw_fd` and serves it from the LOGIN on.
 //!
 //! Failure policy: a full channel (`gate.handoff_queue`) or a dead peer shard drops the
 //! message, which closes the fd (it is an `OwnedFd`); a client that closed while its fd was in
@@ -18,16 +19,20 @@ use bytes::{Bytes, BytesMut};
 use glommio::channels::channel_mesh::Receivers;
 use glommio::net::TcpStream;
 
-use super::conn::Arrival;
+use super::conn::{Arrival, WsConn};
 use super::io::peer_closed;
 use super::state::{Counter, Shard};
 
 /// A connection in flight between shards.
 pub(crate) struct Handoff {
     pub fd: OwnedFd,
-    /// The LOGIN frame and whatever followed it.
+    /// TCP: the LOGIN frame and whatever followed it. WebSocket: the raw bytes after the
+    /// LOGIN's message.
     pub buffered: Bytes,
     pub login_deadline: Instant,
+    /// A WebSocket connection's state: its decoder (with any message being reassembled) and
+    /// the LOGIN frame. `None`: TCP.
+    pub websocket: Option<Box<WsConn>>,
 }
 
 /// Sends `handoff` to `owner`, or drops it (closing the fd) if the channel is full.
@@ -72,6 +77,7 @@ fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
         accepted_at: Instant::now(),
         login_deadline: handoff.login_deadline,
         buffered: BytesMut::from(&handoff.buffered[..]),
+        websocket: handoff.websocket,
     };
     super::listener::admit(shard, stream, arrival);
 }

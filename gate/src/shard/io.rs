@@ -14,7 +14,7 @@ use std::os::fd::RawFd;
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Outcome of a non-blocking syscall.
-pub(crate) enum Nb<T> {
+pub enum Nb<T> {
     Done(T),
     WouldBlock,
 }
@@ -70,11 +70,13 @@ pub(crate) fn peer_closed(fd: RawFd) -> bool {
 /// loopback socket buffer with typical frames, and keep the array on the stack small).
 const IOVECS_PER_WRITE: usize = 64;
 
-/// A connection's outbound frames. Holds shared `Bytes` (never copied per recipient) and is
-/// written with one `sendmsg` per up to [`IOVECS_PER_WRITE`] frames. Bounded by the caller,
+/// A connection's outbound buffers. Holds shared `Bytes` (never copied per recipient) and is
+/// written with one `sendmsg` per up to [`IOVECS_PER_WRITE`] of them. On a WebSocket
+/// connection each frame is preceded by its header as a buffer of its own (see
+/// `ConnShared::push`), so the frame is still the shared one. Bounded by the caller,
 /// which checks [`OutQueue::bytes`] against its limit before pushing.
 #[derive(Debug, Default)]
-pub(crate) struct OutQueue {
+pub struct OutQueue {
     frames: VecDeque<Bytes>,
     bytes: usize,
 }

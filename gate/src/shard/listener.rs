@@ -5,7 +5,8 @@
 //! same port; the kernel spreads new connections across them. At the open-file limit (or when
 //! the kernel is out of buffers) the loop backs off instead of spinning. A shard at its share of
 //! `limits.max_connections` still accepts, answers the first bytes with KICK 2 (`reconnect_to` =
-//! `gate.peers`, a jittered `retry_after_ms`) and closes.
+//! `gate.peers`, a jittered `retry_after_ms`) and closes; a WebSocket client gets it after its
+//! upgrade, in a binary message, then close 1013.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,14 +14,14 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use glommio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::StartError;
-use super::conn::{Arrival, linger, serve};
+use super::conn::{Arrival, capacity_answer, linger, serve};
 use super::state::Shard;
-use crate::config::Settings;
+use crate::config::{Settings, WsSettings};
 use crate::protocol::pb::Kick;
 use crate::protocol::{KickReason, MsgType, cmd, encode_frame};
 
@@ -107,6 +108,7 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                     accepted_at: now,
                     login_deadline: now + shard.settings.login_timeout,
                     buffered: BytesMut::new(),
+                    websocket: None,
                 };
                 admit(&shard, stream, arrival);
             }
@@ -134,44 +136,55 @@ pub(crate) fn admit(shard: &Rc<Shard>, stream: TcpStream, arrival: Arrival) {
     let _ = stream.set_nodelay(true);
     if shard.at_capacity() || shard.stopping.get() {
         let retry_after_ms = 1000 + (shard.random() % 4000) as u32;
-        let login_timeout = shard.settings.login_timeout;
-        let peers = shard.settings.peers.clone();
-        glommio::spawn_local(refuse(
-            stream,
-            arrival,
-            peers,
+        let kick = Kick {
+            reason: KickReason::Draining.wire(),
+            message: "gate at capacity".into(),
+            reconnect_to: shard.settings.peers.clone(),
             retry_after_ms,
-            login_timeout,
-        ))
-        .detach();
+        };
+        let refusal = Refusal {
+            kick: encode_frame(cmd::KICK, MsgType::Notify, 0, 0, &kick),
+            ws: shard.settings.ws.clone(),
+            wait: shard.settings.login_timeout,
+        };
+        glommio::spawn_local(refuse(stream, arrival, refusal)).detach();
         return;
     }
     glommio::spawn_local(serve(Rc::clone(shard), stream, arrival)).detach();
 }
 
-/// KICK 2 for a connection the shard cannot take, once its first bytes show it is a client.
-async fn refuse(
-    mut stream: TcpStream,
-    mut arrival: Arrival,
-    reconnect_to: Vec<String>,
-    retry_after_ms: u32,
-    wait: Duration,
-) {
-    if arrival.buffered.is_empty() {
-        let mut first = [0u8; 64];
-        let read = futures_lite::AsyncReadExt::read(&mut stream, &mut first);
-        match glommio::timer::timeout(wait, async { Ok(read.await) }).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return,
+/// How a connection the shard cannot take is sent away.
+pub(crate) struct Refusal {
+    /// KICK 2 with `reconnect_to` and `retry_after_ms`.
+    pub kick: Bytes,
+    pub ws: WsSettings,
+    /// Longest wait for the first bytes (the login timeout).
+    pub wait: Duration,
+}
+
+/// KICK 2 for a connection the shard cannot take, once its first bytes show it is a client:
+/// a TCP client gets the frame; an HTTP client is upgraded first when its request is a valid
+/// upgrade (then gets the KICK in a binary message and close 1013), or gets the HTTP refusal.
+async fn refuse(mut stream: TcpStream, mut arrival: Arrival, refusal: Refusal) {
+    let answer = async {
+        loop {
+            match capacity_answer(&arrival, &refusal) {
+                Some(answer) => return Ok(Some(answer)),
+                None => {
+                    let mut chunk = [0u8; 1024];
+                    match futures_lite::AsyncReadExt::read(&mut stream, &mut chunk).await {
+                        Ok(n) if n > 0 => arrival.buffered.extend_from_slice(&chunk[..n]),
+                        // Gone before saying anything.
+                        _ => return Ok(None),
+                    }
+                }
+            }
         }
-    }
-    let kick = Kick {
-        reason: KickReason::Draining.wire(),
-        message: "gate at capacity".into(),
-        reconnect_to,
-        retry_after_ms,
     };
-    let frame = encode_frame(cmd::KICK, MsgType::Notify, 0, 0, &kick);
-    let _ = futures_lite::AsyncWriteExt::write_all(&mut stream, &frame).await;
+    let answer: Bytes = match glommio::timer::timeout(refusal.wait, answer).await {
+        Ok(Some(answer)) => answer,
+        _ => return,
+    };
+    let _ = futures_lite::AsyncWriteExt::write_all(&mut stream, &answer).await;
     linger(&mut stream, &mut arrival.buffered).await;
 }

@@ -39,6 +39,9 @@ use crate::protocol::KickReason;
 pub use control::GateControl;
 pub use delivery::DeliveryObserver;
 use handoff::Handoff;
+/// A connection's outbound queue, public for the criterion benches (`bench/benches/fanout.rs`).
+#[doc(hidden)]
+pub use io::OutQueue;
 use state::{PublishedStats, Shard};
 
 /// How long a draining shard waits, past `gate.drain_secs`, for its connections to take their

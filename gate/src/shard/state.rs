@@ -22,6 +22,7 @@ use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::delivery::{AckTracker, TimerId, TimerWheel};
 use crate::protocol::KickReason;
+use crate::protocol::ws::binary_header;
 use crate::session::Registry;
 
 /// A connection's slot in its shard's table; the generation makes a stale key (a timer that
@@ -79,16 +80,34 @@ pub(crate) struct ConnShared {
     key: Cell<ConnKey>,
     /// Queued output waits for the shard's flush tick (`delivery.flush_delay_us`).
     flush_scheduled: Cell<bool>,
+    /// Frames are framed as WebSocket binary messages.
+    websocket: Cell<bool>,
     /// 0 until logged in.
     uid: Cell<u64>,
     session_id: Cell<u64>,
 }
 
 impl ConnShared {
-    /// Queues a frame. Limits and when to wake the connection are the shard's business: see
+    /// Queues a frame (or, `raw`, bytes to send as they are); returns the bytes queued. On a
+    /// WebSocket connection a frame is preceded by its binary-message header, a buffer of its
+    /// own (static up to 64 KiB), so the frame — one PUSH buffer for every recipient — is never
+    /// copied. Limits and when to wake the connection are the shard's business: see
     /// [`Shard::queue`].
-    fn push(&self, frame: Bytes) {
-        self.out.borrow_mut().push(frame);
+    fn push(&self, bytes: Bytes, raw: bool) -> usize {
+        let mut out = self.out.borrow_mut();
+        let mut queued = bytes.len();
+        if !raw && self.websocket.get() {
+            let header = binary_header(bytes.len());
+            queued += header.len();
+            out.push(header);
+        }
+        out.push(bytes);
+        queued
+    }
+
+    /// From now on frames go out as WebSocket binary messages.
+    pub fn set_websocket(&self) {
+        self.websocket.set(true);
     }
 
     /// The outbound queue, for the connection task to flush. Never held across an `.await`.
@@ -373,6 +392,15 @@ impl Shard {
     /// is a slow consumer: its backlog is dropped (its PUSHes are reported undelivered when it
     /// closes) and it is kicked (KICK 4).
     pub fn queue(&self, conn: &ConnShared, frame: Bytes) {
+        self.enqueue(conn, frame, false);
+    }
+
+    /// [`Shard::queue`] for bytes sent as they are, outside the frame stream (a WebSocket pong).
+    pub fn queue_raw(&self, conn: &ConnShared, bytes: Bytes) {
+        self.enqueue(conn, bytes, true);
+    }
+
+    fn enqueue(&self, conn: &ConnShared, frame: Bytes, raw: bool) {
         let len = frame.len();
         let limits = &self.settings.limits;
         let backlog = conn.out().bytes();
@@ -384,17 +412,25 @@ impl Shard {
             conn.request_kick(KickReason::SlowConsumer);
             return;
         }
-        self.outbound.set(self.outbound.get() + len);
+        let queued = conn.push(frame, raw);
+        self.outbound.set(self.outbound.get() + queued);
         self.metrics.borrow_mut().frames_out += 1;
-        conn.push(frame);
         self.schedule_flush(conn);
     }
 
     /// Queues a connection's last frames (ERROR, KICK, LOGOUT's answer) whatever the limits.
     pub fn queue_last(&self, conn: &ConnShared, frame: Bytes) {
-        self.outbound.set(self.outbound.get() + frame.len());
+        let queued = conn.push(frame, false);
+        self.outbound.set(self.outbound.get() + queued);
         self.metrics.borrow_mut().frames_out += 1;
-        conn.push(frame);
+        conn.wake();
+    }
+
+    /// [`Shard::queue_last`] for bytes sent as they are: the HTTP answer to an upgrade (before
+    /// any frame), a refusal, a WebSocket close frame.
+    pub fn queue_raw_last(&self, conn: &ConnShared, bytes: Bytes) {
+        let queued = conn.push(bytes, true);
+        self.outbound.set(self.outbound.get() + queued);
         conn.wake();
     }
 
@@ -567,5 +603,56 @@ impl Shard {
 
     pub fn set_timer_waker(&self, waker: &Waker) {
         self.timer_waker.set(Some(waker.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::ConnShared;
+    use crate::protocol::ws::{Role, WsDecoder, WsEvent};
+
+    /// The queued buffers, concatenated as `sendmsg` would write them.
+    fn wire(shared: &ConnShared) -> BytesMut {
+        let mut out = shared.out();
+        let mut wire = BytesMut::new();
+        while let Some(front) = out.front() {
+            let front = front.to_vec();
+            wire.extend_from_slice(&front);
+            out.advance(front.len());
+        }
+        wire
+    }
+
+    #[test]
+    fn websocket_frames_get_a_header_of_their_own_and_stay_shared() {
+        let shared = ConnShared::default();
+        let http = bytes::Bytes::from_static(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert_eq!(shared.push(http.clone(), true), http.len());
+        shared.set_websocket();
+        let small = bytes::Bytes::from(vec![1u8; 30]);
+        let large = bytes::Bytes::from(vec![2u8; 300]);
+        assert_eq!(shared.push(small.clone(), false), 32);
+        assert_eq!(shared.push(large.clone(), false), 304);
+        assert_eq!(shared.out().bytes(), http.len() + 32 + 304);
+        let mut wire = wire(&shared);
+        assert_eq!(&wire.split_to(http.len())[..], &http[..]);
+        let mut client = WsDecoder::new(Role::Client, 1024);
+        for want in [&small, &large] {
+            match client.decode(&mut wire).expect("valid") {
+                Some(WsEvent::Message(m)) => assert_eq!(&m[..], &want[..]),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(wire.is_empty());
+    }
+
+    #[test]
+    fn tcp_frames_go_out_as_they_are() {
+        let shared = ConnShared::default();
+        let frame = bytes::Bytes::from(vec![3u8; 40]);
+        assert_eq!(shared.push(frame.clone(), false), 40);
+        assert_eq!(&wire(&shared)[..], &frame[..]);
     }
 }
