@@ -173,6 +173,10 @@ pub struct GateConfig {
     pub ws_allowed_origins: Vec<String>,
     pub http_max_header_bytes: usize,
     pub http_header_timeout_ms: u64,
+    pub tls_listen: String,
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub tls_handshake_timeout_ms: u64,
 }
 
 impl Default for GateConfig {
@@ -194,6 +198,10 @@ impl Default for GateConfig {
             ws_allowed_origins: Vec::new(),
             http_max_header_bytes: 8192,
             http_header_timeout_ms: 5000,
+            tls_listen: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -305,6 +313,26 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "gate.http_header_timeout_ms",
         "5000",
         "an HTTP request head must arrive within this after the connection opens, or 408 and close",
+    ),
+    (
+        "gate.tls_listen",
+        "\"\"",
+        "a second client address served over TLS (the same TCP frames and WebSocket inside; every shard accepts, SO_REUSEPORT); \"\" = off",
+    ),
+    (
+        "gate.tls_cert",
+        "\"\"",
+        "PEM file of the certificate chain (server certificate first); required with gate.tls_listen",
+    ),
+    (
+        "gate.tls_key",
+        "\"\"",
+        "PEM file of the private key matching gate.tls_cert (PKCS#8, PKCS#1 or SEC1); required with gate.tls_listen",
+    ),
+    (
+        "gate.tls_handshake_timeout_ms",
+        "10000",
+        "a TLS handshake not finished within this after the connection opens closes it",
     ),
     (
         "delivery.ack_timeout_ms",
@@ -474,6 +502,8 @@ pub struct Settings {
     pub admin_listen: Option<SocketAddr>,
     /// WebSocket on the client port (`gate.ws_*`, `gate.http_*`).
     pub ws: WsSettings,
+    /// The TLS listener (`gate.tls_*`); `None`: off.
+    pub tls: Option<TlsSettings>,
     pub auth_mode: AuthMode,
     pub auth_secret: Vec<u8>,
     pub backend: BackendConfig,
@@ -500,6 +530,19 @@ pub struct WsSettings {
     pub allowed_origins: Vec<String>,
     pub max_header_bytes: usize,
     pub header_timeout: Duration,
+}
+
+/// The TLS listener, validated: the certificate and key are loaded and checked against each
+/// other at start, so a bad file is a start-up error naming its key, never a failed handshake.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// `gate.tls_listen`.
+    pub listen: SocketAddr,
+    /// The rustls server configuration (ring provider, TLS 1.2 and 1.3, no client auth) with
+    /// the certificate chain and key. Each shard runs on its own copy (see `shard::tls_config`).
+    pub server: Arc<rustls::ServerConfig>,
+    /// `gate.tls_handshake_timeout_ms`.
+    pub handshake_timeout: Duration,
 }
 
 impl Settings {
@@ -675,14 +718,22 @@ impl Config {
             n => n,
         };
         let ws = validate_ws(g)?;
+        let tls = validate_tls(g, listen)?;
         let handoff_queue = NonZeroUsize::new(g.handoff_queue)
             .ok_or_else(|| invalid("gate.handoff_queue", "must be at least 1"))?;
         match self.auth.mode {
-            AuthMode::Dev if !listen.ip().is_loopback() => {
+            AuthMode::Dev
+                if !listen.ip().is_loopback()
+                    || tls.as_ref().is_some_and(|t| !t.listen.ip().is_loopback()) =>
+            {
+                let addr = match &tls {
+                    Some(t) if listen.ip().is_loopback() => t.listen,
+                    _ => listen,
+                };
                 return Err(invalid(
                     "auth.mode",
                     format!(
-                        "\"dev\" accepts any token and is refused on the non-loopback address {listen}; use \"jwt\""
+                        "\"dev\" accepts any token and is refused on the non-loopback address {addr}; use \"jwt\""
                     ),
                 ));
             }
@@ -769,6 +820,7 @@ impl Config {
             drain_secs: g.drain_secs,
             admin_listen,
             ws,
+            tls,
             auth_mode: self.auth.mode,
             auth_secret: self.auth.secret.clone().into_bytes(),
             backend: self.backend.clone(),
@@ -825,6 +877,61 @@ fn validate_ws(g: &GateConfig) -> Result<WsSettings, ConfigError> {
         max_header_bytes: g.http_max_header_bytes,
         header_timeout: Duration::from_millis(g.http_header_timeout_ms),
     })
+}
+
+/// The `gate.tls_*` keys: the listener address and the certificate and key, loaded, parsed
+/// and checked against each other now (each failure names the key whose file is at fault).
+fn validate_tls(g: &GateConfig, listen: SocketAddr) -> Result<Option<TlsSettings>, ConfigError> {
+    if !(100..=600_000).contains(&g.tls_handshake_timeout_ms) {
+        return Err(invalid(
+            "gate.tls_handshake_timeout_ms",
+            "must be between 100 and 600000",
+        ));
+    }
+    if g.tls_listen.is_empty() {
+        return Ok(None);
+    }
+    let tls_listen = g
+        .tls_listen
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            invalid(
+                "gate.tls_listen",
+                format!("{:?} is not host:port", g.tls_listen),
+            )
+        })?;
+    if tls_listen == listen && listen.port() != 0 {
+        return Err(invalid(
+            "gate.tls_listen",
+            format!("{tls_listen} is gate.listen already; TLS needs a port of its own"),
+        ));
+    }
+    if g.tls_cert.is_empty() {
+        return Err(invalid(
+            "gate.tls_cert",
+            "required when gate.tls_listen is set (a PEM certificate chain)",
+        ));
+    }
+    if g.tls_key.is_empty() {
+        return Err(invalid(
+            "gate.tls_key",
+            "required when gate.tls_listen is set (the certificate's PEM private key)",
+        ));
+    }
+    let server = crate::tls::server_config(&g.tls_cert, &g.tls_key).map_err(|err| {
+        let key = match err.file() {
+            crate::tls::PemFile::Cert => "gate.tls_cert",
+            crate::tls::PemFile::Key => "gate.tls_key",
+        };
+        invalid(key, err.to_string())
+    })?;
+    Ok(Some(TlsSettings {
+        listen: tls_listen,
+        server: Arc::new(server),
+        handshake_timeout: Duration::from_millis(g.tls_handshake_timeout_ms),
+    }))
 }
 
 /// Descriptors kept for listeners, executors, rings and log files, plus per shard.
@@ -973,6 +1080,24 @@ mod tests {
             (
                 "[gate]\nhttp_header_timeout_ms = 0\n",
                 "gate.http_header_timeout_ms",
+            ),
+            (
+                "[gate]\ntls_handshake_timeout_ms = 0\n",
+                "gate.tls_handshake_timeout_ms",
+            ),
+            ("[gate]\ntls_listen = \"nowhere\"\n", "gate.tls_listen"),
+            (
+                "[gate]\nlisten = \"127.0.0.1:7000\"\ntls_listen = \"127.0.0.1:7000\"\n",
+                "gate.tls_listen",
+            ),
+            ("[gate]\ntls_listen = \"127.0.0.1:0\"\n", "gate.tls_cert"),
+            (
+                "[gate]\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"c.pem\"\n",
+                "gate.tls_key",
+            ),
+            (
+                "[gate]\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n",
+                "gate.tls_cert",
             ),
         ] {
             let err = Config::from_toml(text)
