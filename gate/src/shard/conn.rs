@@ -21,7 +21,10 @@
 //!
 //! Transport: the first bytes decide — `GET ` is HTTP (an upgrade to WebSocket or a refusal),
 //! anything else the binary TCP protocol. The HTTP and WebSocket layer is the child module
-//! `websocket`; the TCP path only checks that the connection is TCP.
+//! `websocket`; the TCP path only checks that the connection is TCP. A connection accepted on
+//! `gate.tls_listen` has a TLS layer under all of this (child module `tls`): its reads go
+//! through rustls into the same read buffer, its flushes through rustls onto the socket; the
+//! plain path pays one `Option` check per read and per flush.
 //!
 //! Writes: frames are queued as shared `Bytes` (a PUSH is one buffer for all its recipients) and
 //! flushed with one `sendmsg` over up to 64 of them at a time before the task waits. On `EAGAIN` the task hands the first queued slice to glommio's
@@ -45,6 +48,7 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+mod tls;
 mod websocket;
 
 use super::handoff::Handoff;
@@ -58,6 +62,8 @@ use crate::protocol::pb::{LoginReq, LoginResp};
 use crate::protocol::{Code, Frame, FrameDecoder, KickReason, MsgType, cmd, encode_frame};
 use crate::session::{Action, CloseWhy, ConnSession, LoggedIn, TokenBucket};
 use router::backend::{Origin, Request, Unavailable};
+use tls::Absorbed;
+pub(crate) use tls::TlsConn;
 use websocket::Transport;
 pub(crate) use websocket::{WsConn, capacity_answer};
 
@@ -65,6 +71,8 @@ pub(crate) use websocket::{WsConn, capacity_answer};
 const READ_CHUNK: usize = 4096;
 /// Bytes read per wait through glommio's stream (on the stack).
 const WAIT_READ: usize = 2048;
+/// Bytes of ciphertext read per wait on a TLS connection (on the stack): one whole record.
+const TLS_WAIT_READ: usize = 16 * 1024 + 256;
 /// How long a closing connection may take to take its last frames.
 const CLOSE_FLUSH_TIME: Duration = Duration::from_secs(2);
 /// How long a closed connection's unread input is drained before the fd is closed.
@@ -93,6 +101,8 @@ enum Wake {
     /// The ack tracker's deadline moved earlier: re-arm the connection's timer.
     Rearm,
     LoginResult(router::link::LoginResult),
+    /// The TLS layer failed (bad hello, bad record): close after rustls' alert.
+    TlsFailed,
 }
 
 /// When a connection must log in by, and the bytes it arrived with.
@@ -102,6 +112,8 @@ pub(crate) struct Arrival {
     pub buffered: BytesMut,
     /// A WebSocket connection handed over by another shard; `None`: the first bytes decide.
     pub websocket: Option<Box<WsConn>>,
+    /// The TLS layer of a connection on `gate.tls_listen` (new, or handed over mid-session).
+    pub tls: Option<Box<TlsConn>>,
 }
 
 /// Runs one connection to its end and removes every trace of it from the shard.
@@ -130,6 +142,7 @@ pub(crate) fn serve(
         },
     };
     let conn = Conn {
+        tls: arrival.tls,
         transport,
         decoder: FrameDecoder::new(shard.settings.max_frame),
         fd: stream.as_raw_fd(),
@@ -163,6 +176,8 @@ struct Conn {
     rbuf: BytesMut,
     /// What carries the frames: decided by the first bytes (TCP, or HTTP then WebSocket).
     transport: Transport,
+    /// `Some` on the TLS port: ciphertext on the socket, plaintext in `rbuf` and the out queue.
+    tls: Option<Box<TlsConn>>,
     decoder: FrameDecoder,
     session: ConnSession,
     /// The connection's one wheel entry and the instant it fires.
@@ -198,6 +213,7 @@ impl Conn {
         let action = match wake {
             Wake::Input | Wake::Rearm => return None,
             Wake::Gone => return Some(Exit::Gone),
+            Wake::TlsFailed => return Some(Exit::Close(CloseWhy::Protocol)),
             Wake::Kick(reason) => {
                 let body = self.shard.kick_body(reason, kick_message(reason));
                 self.session.kick_with(reason, body)
@@ -205,6 +221,9 @@ impl Conn {
             Wake::Timer => {
                 self.timer = None;
                 let now = Instant::now();
+                if let Some(exit) = self.tls_timeout(now) {
+                    return Some(exit);
+                }
                 if let Some(exit) = self.transport_timeout(now) {
                     return Some(exit);
                 }
@@ -542,10 +561,12 @@ impl Conn {
         let session_due = self.session.poll_timeout();
         let acks_due = self.shared.acks().poll_timeout();
         let http_due = self.transport.deadline();
+        let tls_due = self.tls.as_ref().and_then(|tls| tls.deadline());
         let Some(due) = session_due
             .into_iter()
             .chain(acks_due)
             .chain(http_due)
+            .chain(tls_due)
             .min()
         else {
             return;
@@ -576,7 +597,7 @@ impl Conn {
         if self.shared.take_rearm() {
             return Poll::Ready(Wake::Rearm);
         }
-        if !self.shared.out().is_empty()
+        if self.has_output()
             && let Poll::Ready(Err(err)) = self.poll_flush(cx)
         {
             tracing::debug!(shard = self.shard.index, %err, "write failed");
@@ -590,13 +611,58 @@ impl Conn {
         let shared = Rc::clone(&self.shared);
         let mut out = shared.out();
         let before = out.bytes();
-        let result = flush_queue(&mut out, self.fd, &mut self.stream, cx);
+        let result = match self.tls.as_deref_mut() {
+            None => flush_queue(&mut out, self.fd, &mut self.stream, cx),
+            Some(tls) => tls.poll_flush(&mut out, self.fd, &mut self.stream, cx),
+        };
         let written = before - out.bytes();
         self.shard.unqueued(written);
         self.shard.metric(|m| m.bytes_out += written as u64);
         result
     }
+    /// Output waits: queued frames, or (TLS) records rustls has to send.
+    fn has_output(&self) -> bool {
+        !self.shared.out().is_empty() || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
+    /// The handshake deadline passed: close (nothing can be said to a client that has not
+    /// finished its handshake).
+    fn tls_timeout(&mut self, now: Instant) -> Option<Exit> {
+        let deadline = self.tls.as_ref()?.deadline()?;
+        if now < deadline {
+            return None;
+        }
+        tracing::debug!(shard = self.shard.index, "TLS handshake timed out");
+        Some(Exit::Close(CloseWhy::LoginTimeout))
+    }
+
+    /// TLS: one read of ciphertext through glommio's stream (which waits for readability),
+    /// turned into plaintext in the read buffer.
+    fn poll_tls_input(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        let mut chunk = [0u8; TLS_WAIT_READ];
+        let n = match Pin::new(&mut self.stream).poll_read(cx, &mut chunk) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Wake::Gone),
+            Poll::Ready(Ok(n)) => n,
+            Poll::Pending => return Poll::Pending,
+        };
+        self.shard.metric(|m| m.bytes_in += n as u64);
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return Poll::Ready(Wake::Gone);
+        };
+        match tls.absorb(&chunk[..n], &mut self.rbuf) {
+            Ok(Absorbed::Open) => Poll::Ready(Wake::Input),
+            Ok(Absorbed::PeerClosed) => Poll::Ready(Wake::Gone),
+            Err(err) => {
+                tracing::debug!(shard = self.shard.index, %err, "TLS failed");
+                Poll::Ready(Wake::TlsFailed)
+            }
+        }
+    }
+
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        if self.tls.is_some() {
+            return self.poll_tls_input(cx);
+        }
         if !self.rbuf.is_empty() {
             // Mid-frame or busy: read straight into the buffer, sized to the frame.
             let hint = match &self.transport {
@@ -665,6 +731,9 @@ impl Conn {
                 {
                     self.shard.queue_raw_last(&self.shared, close);
                 }
+                if let Some(tls) = self.tls.as_deref_mut() {
+                    tls.close_notify();
+                }
                 self.flush_for(CLOSE_FLUSH_TIME).await;
                 self.drop_output();
                 linger(&mut self.stream, &mut self.rbuf).await;
@@ -695,6 +764,7 @@ impl Conn {
                     buffered,
                     login_deadline: self.session.login_deadline(),
                     websocket,
+                    tls: self.tls,
                 };
                 drop(self.stream);
                 super::handoff::send(&self.shard, owner, handoff);
@@ -711,7 +781,7 @@ impl Conn {
 
     /// Flushes the queue within `limit`; whether everything went out.
     async fn flush_for(&mut self, limit: Duration) -> bool {
-        if self.shared.out().is_empty() {
+        if !self.has_output() {
             return true;
         }
         let flush = poll_fn(|cx| self.poll_flush(cx));

@@ -2,7 +2,8 @@
 //!
 //! The accepting shard, on a LOGIN for another shard's uid, flushes what it owes the client,
 //! `dup`s the fd, drops its glommio stream and sends [`Handoff`] (the fd, the LOGIN frame and
-//! any bytes after it, the login deadline, and a WebSocket connection's transport state) over
+//! any bytes after it, the login deadline, a WebSocket connection's transport state and a TLS
+//! connection's `rustls::ServerConnection`) over
 //! the bounded `channel_mesh`. The owner checks the client is still there, adopts the fd with
 //! `from_raw_fd` and serves it from the LOGIN on.
 //!
@@ -19,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use glommio::channels::channel_mesh::Receivers;
 use glommio::net::TcpStream;
 
-use super::conn::{Arrival, WsConn};
+use super::conn::{Arrival, TlsConn, WsConn};
 use super::io::peer_closed;
 use super::state::{Counter, Shard};
 
@@ -33,6 +34,9 @@ pub(crate) struct Handoff {
     /// A WebSocket connection's state: its decoder (with any message being reassembled) and
     /// the LOGIN frame. `None`: TCP.
     pub websocket: Option<Box<WsConn>>,
+    /// A TLS connection's rustls state (keys, sequence numbers, any partial record). `buffered`
+    /// is then plaintext, as it is for every connection. `None`: plain.
+    pub tls: Option<Box<TlsConn>>,
 }
 
 /// Sends `handoff` to `owner`, or drops it (closing the fd) if the channel is full.
@@ -78,6 +82,7 @@ fn adopt(shard: &Rc<Shard>, handoff: Handoff) {
         login_deadline: handoff.login_deadline,
         buffered: BytesMut::from(&handoff.buffered[..]),
         websocket: handoff.websocket,
+        tls: handoff.tls,
     };
     super::listener::admit(shard, stream, arrival);
 }

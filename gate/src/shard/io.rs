@@ -106,6 +106,17 @@ impl OutQueue {
         self.frames.front().map(|b| &b[..])
     }
 
+    /// The queued buffers as `IoSlice`s, as many as `slices` holds; returns how many (for the
+    /// TLS layer's vectored write into rustls).
+    pub fn io_slices<'a>(&'a self, slices: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut count = 0;
+        for (slot, frame) in slices.iter_mut().zip(self.frames.iter()) {
+            *slot = std::io::IoSlice::new(frame);
+            count += 1;
+        }
+        count
+    }
+
     /// Marks `n` bytes written.
     pub fn advance(&mut self, mut n: usize) {
         self.bytes -= n;

@@ -7,11 +7,17 @@
 //! `limits.max_connections` still accepts, answers the first bytes with KICK 2 (`reconnect_to` =
 //! `gate.peers`, a jittered `retry_after_ms`) and closes; a WebSocket client gets it after its
 //! upgrade, in a binary message, then close 1013.
+//!
+//! With `gate.tls_listen` every shard has a second socket, bound the same way, and a second
+//! accept loop that gives each connection a fresh TLS layer (the shard's own copy of the server
+//! configuration) and a handshake deadline. A TLS connection the shard cannot take is closed at
+//! once: answering it would mean spending a handshake on a client that is being turned away.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -19,7 +25,7 @@ use glommio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::StartError;
-use super::conn::{Arrival, capacity_answer, linger, serve};
+use super::conn::{Arrival, TlsConn, capacity_answer, linger, serve};
 use super::state::Shard;
 use crate::config::{Settings, WsSettings};
 use crate::protocol::pb::Kick;
@@ -28,9 +34,12 @@ use crate::protocol::{KickReason, MsgType, cmd, encode_frame};
 /// Pause after an accept that failed for want of descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// One listening socket per shard, all on one address. Returns them and the bound address.
-pub(crate) fn bind_all(settings: &Settings) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
-    let mut addr = settings.listen;
+/// One listening socket per shard, all on `addr` (`gate.listen` or `gate.tls_listen`). Returns
+/// them and the bound address.
+pub(crate) fn bind_all(
+    settings: &Settings,
+    mut addr: SocketAddr,
+) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
     if addr.port() != 0 {
         ensure_port_free(addr).map_err(|source| StartError::Listen { addr, source })?;
     }
@@ -97,18 +106,31 @@ pub(crate) fn memlock_warning(settings: &Settings) -> Option<String> {
     })
 }
 
-/// Accepts until the future is dropped (at stop).
-pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+/// Accepts until the future is dropped (at stop). `tls`: the listener is `gate.tls_listen`,
+/// and each connection starts with a TLS layer on this configuration.
+pub(crate) async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let mut last_warning: Option<Instant> = None;
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 let now = Instant::now();
+                let tls = match &tls {
+                    None => None,
+                    Some(config) => match tls_layer(&shard, config, now) {
+                        Some(layer) => Some(layer),
+                        None => continue, // dropping the stream closes it
+                    },
+                };
                 let arrival = Arrival {
                     accepted_at: now,
                     login_deadline: now + shard.settings.login_timeout,
                     buffered: BytesMut::new(),
                     websocket: None,
+                    tls,
                 };
                 admit(&shard, stream, arrival);
             }
@@ -130,11 +152,31 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
+/// A new connection's TLS layer, its handshake due `gate.tls_handshake_timeout_ms` from now.
+fn tls_layer(
+    shard: &Shard,
+    config: &Arc<rustls::ServerConfig>,
+    now: Instant,
+) -> Option<Box<TlsConn>> {
+    let timeout = shard.settings.tls.as_ref()?.handshake_timeout;
+    match TlsConn::new(Arc::clone(config), now + timeout) {
+        Ok(layer) => Some(Box::new(layer)),
+        Err(err) => {
+            tracing::warn!(shard = shard.index, %err, "cannot start a TLS connection");
+            None
+        }
+    }
+}
+
 /// Serves a new or adopted connection, or turns it away if the shard is full or stopping.
 pub(crate) fn admit(shard: &Rc<Shard>, stream: TcpStream, arrival: Arrival) {
     // Frames are coalesced by the gate itself; Nagle would only add latency.
     let _ = stream.set_nodelay(true);
     if shard.at_capacity() || shard.stopping.get() {
+        if arrival.tls.is_some() {
+            // No KICK can reach it without a handshake; dropping the stream closes it.
+            return;
+        }
         let retry_after_ms = 1000 + (shard.random() % 4000) as u32;
         let kick = Kick {
             reason: KickReason::Draining.wire(),

@@ -2,8 +2,8 @@
 //! `SO_REUSEPORT` socket, handing connections to the shard that owns their uid, and running the
 //! connection tasks around the sans-IO cores.
 //!
-//! Rooms: `listener` (sockets, accept, capacity), `conn` (one task per connection: reads,
-//! session, vectored writes), `handoff` (fd moves between shards), `timer` (the shard's one
+//! Rooms: `listener` (sockets, accept, capacity; the TLS port too), `conn` (one task per
+//! connection: reads, session, vectored writes; `conn/tls.rs`: the TLS layer), `handoff` (fd moves between shards), `timer` (the shard's one
 //! runtime timer over its wheel), `state` (what a shard owns), `io` (raw socket calls),
 //! `uplink` (client requests → link requests), `downlink` (the shard as its backend's sink:
 //! answers and pushes → frames), `remote` (the shard's own link when `backend.kind = "remote"`).
@@ -95,6 +95,8 @@ pub struct ShardStats {
 /// A running gate. Dropping it stops the gate.
 pub struct GateHandle {
     local_addr: SocketAddr,
+    /// The TLS listener's address, when `gate.tls_listen` is set.
+    tls_addr: Option<SocketAddr>,
     /// The admin endpoint, stopped first.
     admin: Option<crate::admin::AdminServer>,
     control: Arc<GateControl>,
@@ -117,6 +119,12 @@ impl GateHandle {
     /// port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the TLS listener is bound to (the resolved port when `gate.tls_listen` has
+    /// port 0); `None` without `gate.tls_listen`.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Every shard's counters, indexed by shard.
@@ -190,7 +198,14 @@ pub fn start_observed(
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
-    let (fds, local_addr) = listener::bind_all(&settings)?;
+    let (fds, local_addr) = listener::bind_all(&settings, settings.listen)?;
+    let (mut tls_fds, tls_addr) = match &settings.tls {
+        Some(tls) => {
+            let (fds, addr) = listener::bind_all(&settings, tls.listen)?;
+            (fds.into_iter().map(Some).collect(), Some(addr))
+        }
+        None => ((0..fds.len()).map(|_| None).collect::<Vec<_>>(), None),
+    };
     let count = settings.shards.get();
     let (mut partitions, data) = embedded_partitions(&settings)?;
     let mesh: MeshBuilder<Handoff, _> = MeshBuilder::full(count, settings.handoff_queue.get());
@@ -212,6 +227,7 @@ pub fn start_observed(
             index,
             settings: settings.clone(),
             listen_fd,
+            tls_listen_fd: tls_fds[index].take(),
             control: inbox,
             mesh: (count > 1).then(|| mesh.clone()),
             backend_mesh: (count > 1 && embedded_backend).then(|| backend_mesh.clone()),
@@ -242,6 +258,7 @@ pub fn start_observed(
     let control = Arc::new(GateControl::new(ports, settings.max_connections));
     let mut handle = GateHandle {
         local_addr,
+        tls_addr,
         admin: None,
         control: Arc::clone(&control),
         shards,
@@ -267,7 +284,10 @@ pub fn start_observed(
         tracing::info!(admin = %admin.local_addr(), "admin endpoint listening");
         handle.admin = Some(admin);
     }
-    tracing::info!(addr = %local_addr, shards = count, "gate accepting");
+    match tls_addr {
+        Some(tls) => tracing::info!(addr = %local_addr, %tls, shards = count, "gate accepting"),
+        None => tracing::info!(addr = %local_addr, shards = count, "gate accepting"),
+    }
     Ok(handle)
 }
 
@@ -422,6 +442,8 @@ struct ShardStart {
     index: usize,
     settings: Settings,
     listen_fd: OwnedFd,
+    /// The shard's socket on `gate.tls_listen`, when set.
+    tls_listen_fd: Option<OwnedFd>,
     control: control::ControlInbox,
     mesh: Option<MeshBuilder<Handoff, glommio::channels::channel_mesh::Full>>,
     backend_mesh: Option<embedded::Mesh>,
@@ -444,6 +466,10 @@ async fn run_shard(ctx: ShardStart) {
     ));
     // SAFETY: the fd is ours alone; the glommio wrapper takes over closing it.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(ctx.listen_fd.into_raw_fd()) };
+    // SAFETY: as above.
+    let tls_listener = ctx
+        .tls_listen_fd
+        .map(|fd| unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) });
     let serving = async {
         if let Some(mesh) = ctx.mesh {
             match mesh.join().await {
@@ -490,7 +516,15 @@ async fn run_shard(ctx: ShardStart) {
         }
         glommio::spawn_local(timer::run_timer(Rc::clone(&shard))).detach();
         let _ = ctx.ready.send(Ok(()));
-        listener::accept_loop(Rc::clone(&shard), listener).await;
+        let plain = listener::accept_loop(Rc::clone(&shard), listener, None);
+        match (tls_listener, shard.settings.tls.as_ref()) {
+            (Some(tls_listener), Some(tls)) => {
+                let config = tls_config(&tls.server);
+                let tls = listener::accept_loop(Rc::clone(&shard), tls_listener, Some(config));
+                futures_lite::future::zip(plain, tls).await;
+            }
+            _ => plain.await,
+        }
     };
     // Commands from the admin plane run beside the connections until a drain is asked for.
     let stopped = control::serve(Rc::clone(&shard), ctx.control);
@@ -518,6 +552,19 @@ async fn run_shard(ctx: ShardStart) {
     // its task write it before the executor ends.
     glommio::timer::sleep(Duration::from_millis(10)).await;
     let _ = ctx.exited.send(());
+}
+
+/// Session-ID entries one shard's TLS server remembers for resumption.
+const TLS_SESSION_CACHE: usize = 4096;
+
+/// A shard's own copy of the TLS server configuration: the certificate and settings are shared
+/// (immutable), but the session cache is the shard's, so no handshake touches another shard's
+/// lock. A client resuming by session ID resumes when its reconnection lands on the same shard,
+/// and does a full handshake otherwise.
+fn tls_config(base: &rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
+    let mut config = base.clone();
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(TLS_SESSION_CACHE);
+    Arc::new(config)
 }
 
 /// The CPUs this process may run on, in order.
