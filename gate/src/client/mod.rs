@@ -27,6 +27,10 @@
 //! - Bytes from the network end as a frame or a typed error, never a panic. After a
 //!   [`ClientError::Frame`] the stream is out of step and every later read repeats that error.
 //!
+//! - Over TLS ([`Client::connect_tls`], [`Client::connect_wss`]) the same bytes travel inside a
+//!   rustls `ClientConnection` over the same `TcpStream` (`rustls::StreamOwned`), trusting only
+//!   the root certificate given; the handshake is finished (or failed) before `connect_*`
+//!   returns. A TCP close without `close_notify` is an end of stream like any other.
 //! - Over WebSocket ([`Client::connect_ws`]) every frame sent is one masked binary message and
 //!   every binary message received is unwrapped into the same frame stream; the gate's pings
 //!   are answered, and its close frame ends the stream like a TCP close (its code is kept:
@@ -102,6 +106,12 @@ pub enum ClientError {
     UpgradeRefused { status: u16 },
     #[error("WebSocket upgrade answered with a wrong Sec-WebSocket-Accept")]
     BadAccept,
+    #[error("TLS configuration: {0}")]
+    TlsConfig(#[from] crate::tls::TlsConfigError),
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{0:?} is not a server name for TLS")]
+    BadServerName(String),
 }
 
 impl ClientError {
@@ -128,7 +138,7 @@ pub fn log_id_for(seq: u32) -> u32 {
 
 /// One blocking connection to a gate (see the module doc).
 pub struct Client {
-    stream: TcpStream,
+    wire: Wire,
     buf: BytesMut,
     decoder: FrameDecoder,
     next_seq: u32,
@@ -138,6 +148,40 @@ pub struct Client {
     call_timeout: Duration,
     /// `Some` when frames travel over WebSocket.
     ws: Option<Box<WsTransport>>,
+}
+
+/// What carries the client's bytes: the socket itself, or TLS over it.
+enum Wire {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Wire {
+    /// The TCP socket under either.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(stream) => stream,
+            Self::Tls(tls) => tls.get_ref(),
+        }
+    }
+
+    /// Writes all of `bytes` (through TLS: encrypted and flushed to the socket).
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Plain(stream) => stream.write_all(bytes),
+            Self::Tls(tls) => {
+                tls.write_all(bytes)?;
+                tls.flush()
+            }
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(stream) => stream.read(buf),
+            Self::Tls(tls) => tls.read(buf),
+        }
+    }
 }
 
 /// The client side of a WebSocket connection.
@@ -176,10 +220,14 @@ impl Client {
 
     /// Wraps a connected stream (sets TCP_NODELAY and the write timeout).
     pub fn from_stream(stream: TcpStream) -> io::Result<Self> {
-        stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        Self::from_wire(Wire::Plain(stream))
+    }
+
+    fn from_wire(wire: Wire) -> io::Result<Self> {
+        wire.tcp().set_nodelay(true)?;
+        wire.tcp().set_write_timeout(Some(WRITE_TIMEOUT))?;
         Ok(Self {
-            stream,
+            wire,
             buf: BytesMut::with_capacity(READ_CHUNK),
             decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
             next_seq: 1,
@@ -191,10 +239,61 @@ impl Client {
         })
     }
 
+    /// Connects to the gate's TLS port (`gate.tls_listen`) and finishes the handshake,
+    /// checking the gate's certificate for `server_name` against `root_cert` (PEM: the gate's
+    /// self-signed certificate, or the CA that signed it). Frames then travel inside TLS.
+    pub fn connect_tls(
+        addr: SocketAddr,
+        server_name: &str,
+        root_cert: &[u8],
+    ) -> Result<Self, ClientError> {
+        let config = crate::tls::client_config(root_cert)?;
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|_| ClientError::BadServerName(server_name.into()))?;
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(UPGRADE_TIMEOUT))?;
+        stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        let deadline = Instant::now() + UPGRADE_TIMEOUT;
+        while conn.is_handshaking() {
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout);
+            }
+            if let Err(err) = conn.complete_io(&mut stream) {
+                // rustls' own verdict (a bad certificate, an alert) rather than its io wrapper.
+                return Err(
+                    match err.into_inner().map(|e| e.downcast::<rustls::Error>()) {
+                        Some(Ok(tls)) => ClientError::Tls(*tls),
+                        Some(Err(other)) => ClientError::Io(io::Error::other(other)),
+                        None => ClientError::Closed,
+                    },
+                );
+            }
+        }
+        Ok(Self::from_wire(Wire::Tls(Box::new(
+            rustls::StreamOwned::new(conn, stream),
+        )))?)
+    }
+
+    /// [`Client::connect_tls`], then the WebSocket upgrade on `path` (`wss://`).
+    pub fn connect_wss(
+        addr: SocketAddr,
+        server_name: &str,
+        root_cert: &[u8],
+        path: &str,
+    ) -> Result<Self, ClientError> {
+        Self::connect_tls(addr, server_name, root_cert)?.upgrade(server_name, path)
+    }
+
     /// Connects and upgrades to WebSocket on `path` (e.g. `/ws`); every frame then travels as
     /// one binary message. Checks the 101 and its `Sec-WebSocket-Accept`.
     pub fn connect_ws(addr: SocketAddr, path: &str) -> Result<Self, ClientError> {
-        let mut client = Self::from_stream(TcpStream::connect(addr)?)?;
+        Self::from_stream(TcpStream::connect(addr)?)?.upgrade(&addr.to_string(), path)
+    }
+
+    /// The WebSocket upgrade on `path`, with `host` as the `Host` header.
+    fn upgrade(self, host: &str, path: &str) -> Result<Self, ClientError> {
+        let mut client = self;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0x9E37_79B9, |d| d.subsec_nanos())
@@ -204,8 +303,8 @@ impl Client {
             chunk.copy_from_slice(&seed.rotate_left(i as u32 * 8).to_be_bytes());
         }
         let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key_bytes);
-        let request = client_request(&addr.to_string(), path, &key, None);
-        client.stream.write_all(request.as_bytes())?;
+        let request = client_request(host, path, &key, None);
+        client.wire.send(request.as_bytes())?;
         let deadline = Instant::now() + UPGRADE_TIMEOUT;
         let head_end = loop {
             if let Some(at) = client.buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -252,15 +351,15 @@ impl Client {
         match self.ws.as_deref_mut() {
             Some(ws) => {
                 let frame = client_frame(payload, ws.next_mask());
-                self.stream.write_all(&frame)
+                self.wire.send(&frame)
             }
-            None => self.stream.write_all(payload),
+            None => self.wire.send(payload),
         }
     }
 
-    /// The underlying stream, e.g. for `local_addr` or `shutdown`.
+    /// The underlying TCP stream (under TLS too), e.g. for `local_addr` or `shutdown`.
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.wire.tcp()
     }
 
     /// The largest body accepted from the gate: 65536 until a LOGIN succeeds, then the gate's.
@@ -309,9 +408,9 @@ impl Client {
     }
 
     /// Writes bytes as they are (malformed frames, partial frames; on WebSocket, the caller's
-    /// own WebSocket frames).
+    /// own WebSocket frames; on TLS, inside the TLS stream).
     pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)
+        self.wire.send(bytes)
     }
 
     /// Sends a request with a fresh `seq` and `log_id_for(seq)`; returns the `seq`.
@@ -462,14 +561,14 @@ impl Client {
         if remaining.is_zero() {
             return Err(ClientError::Timeout);
         }
-        self.stream.set_read_timeout(Some(remaining))?;
+        self.wire.tcp().set_read_timeout(Some(remaining))?;
         let into = match self.ws.as_deref_mut() {
             Some(ws) => &mut ws.raw,
             None => &mut self.buf,
         };
         let start = into.len();
         into.resize(start + READ_CHUNK, 0);
-        let read = self.stream.read(&mut into[start..]);
+        let read = self.wire.read(&mut into[start..]);
         let n = *read.as_ref().unwrap_or(&0);
         into.truncate(start + n);
         if n > 0 && self.ws.is_some() {
@@ -486,7 +585,9 @@ impl Client {
                         | io::ErrorKind::TimedOut
                         | io::ErrorKind::Interrupted
                 ) => {}
-            Err(e) if peer_gone(&e) => self.eof = true,
+            // TLS: the gate closed the socket without close_notify (after a hand-off failure,
+            // say); an end of stream all the same.
+            Err(e) if peer_gone(&e) || e.kind() == io::ErrorKind::UnexpectedEof => self.eof = true,
             Err(e) => return Err(e.into()),
         }
         Ok(())
@@ -516,7 +617,7 @@ impl Client {
                         &payload,
                         Some(ws.next_mask()),
                     );
-                    let _ = self.stream.write_all(&pong);
+                    let _ = self.wire.send(&pong);
                 }
                 Some(WsEvent::Pong) => {}
                 Some(WsEvent::Close { code }) => {
@@ -531,7 +632,7 @@ impl Client {
                         payload,
                         Some(ws.next_mask()),
                     );
-                    let _ = self.stream.write_all(&close);
+                    let _ = self.wire.send(&close);
                     ws.raw.clear();
                     self.eof = true;
                     return Ok(());

@@ -731,10 +731,12 @@ impl Conn {
                 {
                     self.shard.queue_raw_last(&self.shared, close);
                 }
-                if let Some(tls) = self.tls.as_deref_mut() {
+                let flushed = self.flush_for(CLOSE_FLUSH_TIME).await;
+                if flushed && let Some(tls) = self.tls.as_deref_mut() {
+                    // After the last frames, which the out queue still held until now.
                     tls.close_notify();
+                    self.flush_for(CLOSE_FLUSH_TIME).await;
                 }
-                self.flush_for(CLOSE_FLUSH_TIME).await;
                 self.drop_output();
                 linger(&mut self.stream, &mut self.rbuf).await;
             }

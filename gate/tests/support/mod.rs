@@ -87,6 +87,11 @@ impl TestGate {
         self.handle.local_addr()
     }
 
+    /// The TLS listener's address (the test set `gate.tls_listen`).
+    pub fn tls_addr(&self) -> std::net::SocketAddr {
+        self.handle.tls_addr().expect("gate.tls_listen is set")
+    }
+
     pub fn connect(&self) -> Client {
         Client::connect(self.addr()).expect("connect to the gate")
     }
