@@ -7,8 +7,8 @@
 //! binary message, a ping, a close) or a typed error carrying the close code to send. Outbound,
 //! only a frame *header* is ever built ([`codec::binary_header`], static up to 64 KiB): the
 //! shell sends it as its own buffer ahead of the shared frame, so a PUSH fanned out to many WebSocket sessions is never
-//! copied. Because everything here works on byte buffers, a TLS layer can later sit between the
-//! socket and these functions without changing them.
+//! copied. Because everything here works on byte buffers, the TLS layer (`shard/conn/tls.rs`) sits
+//! between the socket and these functions without changing them.
 //!
 //! Hand-written rather than taken from a crate: the gate needs a validating server-side decoder
 //! that unmasks in place inside the connection's own `BytesMut` and a header-only encoder for

@@ -17,8 +17,9 @@
 //! code (1009, 1003, 1002). A ping is answered with a pong (queued within the connection's
 //! output limits, so a ping flood ends as a slow consumer), a close frame with a close frame.
 //!
-//! A TLS layer would sit under all of this: it turns ciphertext from the socket into the
-//! plaintext read buffer this module parses, and wraps the out queue's buffers on the way out.
+//! On the TLS port the sibling `tls` layer sits under all of this: it turns ciphertext from the
+//! socket into the plaintext read buffer this module parses, and wraps the out queue's buffers
+//! on the way out; nothing here knows.
 
 use std::time::Instant;
 
