@@ -260,14 +260,7 @@ impl Client {
                 return Err(ClientError::Timeout);
             }
             if let Err(err) = conn.complete_io(&mut stream) {
-                // rustls' own verdict (a bad certificate, an alert) rather than its io wrapper.
-                return Err(
-                    match err.into_inner().map(|e| e.downcast::<rustls::Error>()) {
-                        Some(Ok(tls)) => ClientError::Tls(*tls),
-                        Some(Err(other)) => ClientError::Io(io::Error::other(other)),
-                        None => ClientError::Closed,
-                    },
-                );
+                return Err(handshake_error(err));
             }
         }
         Ok(Self::from_wire(Wire::Tls(Box::new(
@@ -592,6 +585,28 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// A failed TLS handshake: rustls' own verdict (a bad certificate, an alert) rather than its
+/// io wrapper; the read timeout is [`ClientError::Timeout`], a closed socket `Closed`.
+fn handshake_error(err: io::Error) -> ClientError {
+    let kind = err.kind();
+    if matches!(kind, io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+        return ClientError::Timeout;
+    }
+    if peer_gone(&err) || kind == io::ErrorKind::UnexpectedEof {
+        return ClientError::Closed;
+    }
+    if err
+        .get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>())
+    {
+        if let Some(Ok(tls)) = err.into_inner().map(|e| e.downcast::<rustls::Error>()) {
+            return ClientError::Tls(*tls);
+        }
+        return ClientError::Io(kind.into());
+    }
+    ClientError::Io(err)
 }
 
 /// Largest message body a WebSocket client accepts: the gate's largest `max_frame`.

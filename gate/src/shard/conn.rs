@@ -17,7 +17,8 @@
 //! one read chunk, so at most `HEADER_LEN + max_frame + READ_CHUNK` bytes (over WebSocket, plus
 //! a frame header, and a fragmented message's reassembly buffer of at most
 //! `HEADER_LEN + max_frame`; an HTTP request head, at most `gate.http_max_header_bytes` plus a
-//! read chunk).
+//! read chunk; over TLS, plus one record of plaintext, 16 KiB, and what rustls itself holds,
+//! see `conn/tls.rs`).
 //!
 //! Transport: the first bytes decide — `GET ` is HTTP (an upgrade to WebSocket or a refusal),
 //! anything else the binary TCP protocol. The HTTP and WebSocket layer is the child module
