@@ -16,12 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gate::admin::promtext;
 use gate::client::{Client, ClientError, decode_body};
 use gate::config::{Config, ConfigError};
 use gate::protocol::{MsgType, cmd, encode_frame, pb};
 use gate::shard::{DeliveryObserver, owner_shard, shard_of_session};
 use support::im::{SHARDS, SINGLE, ack, expect_push, send_text, uid_on};
-use support::{TestGate, WAIT, assert_alive, garbage, total};
+use support::{TestGate, WAIT, assert_alive, garbage, http, total};
 
 /// The name the test certificates are made for.
 const SERVER_NAME: &str = "gate.test";
@@ -136,6 +137,19 @@ impl Delivered {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// `imgate_tls_handshakes_total{result}` summed over the shards, from the admin endpoint.
+fn handshakes(gate: &TestGate, result: &str) -> f64 {
+    let (status, head, body) = http(gate.admin(), "GET", "/metrics");
+    assert_eq!(status, 200, "{head}");
+    let samples = promtext::parse(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    samples
+        .iter()
+        .filter(|s| s.name == "imgate_tls_handshakes_total")
+        .filter(|s| s.labels.get("result").map(String::as_str) == Some(result))
+        .map(|s| s.value)
+        .sum()
 }
 
 /// Reads a raw socket until the gate closes it (within [`WAIT`]); returns what came.
@@ -347,7 +361,10 @@ fn a_client_that_does_not_trust_the_certificate_fails_its_handshake() {
 #[test]
 fn garbage_hello_closes_that_connection_only() {
     let files = CertFiles::new();
-    let gate = tls_gate(&files);
+    let gate = TestGate::start_with(|c| {
+        with_tls(c, &files);
+        c.admin.listen = "127.0.0.1:0".into();
+    });
     let (mut bystander, _) = tls_login(&gate, &files, 7201, "bystander");
     let (mut plain, _) = gate.login(7202, "plain");
     for hello in [
@@ -366,6 +383,8 @@ fn garbage_hello_closes_that_connection_only() {
         assert_alive(&mut bystander);
         assert_alive(&mut plain);
     }
+    assert_eq!(handshakes(&gate, "failed"), 3.0);
+    assert_eq!(handshakes(&gate, "ok"), 1.0);
     gate.stop();
 }
 
@@ -375,6 +394,7 @@ fn handshake_not_finished_in_time_is_closed() {
     let gate = TestGate::start_with(|c| {
         with_tls(c, &files);
         c.gate.tls_handshake_timeout_ms = 300;
+        c.admin.listen = "127.0.0.1:0".into();
     });
     let (mut bystander, _) = tls_login(&gate, &files, 7301, "bystander");
     let opened = Instant::now();
@@ -394,5 +414,7 @@ fn handshake_not_finished_in_time_is_closed() {
     // A finished handshake is not bound by it: the bystander connected before the others, so
     // its own handshake deadline has passed by now, and its session goes on.
     assert_alive(&mut bystander);
+    assert_eq!(handshakes(&gate, "timeout"), 2.0);
+    assert_eq!(handshakes(&gate, "ok"), 1.0);
     gate.stop();
 }

@@ -634,6 +634,7 @@ impl Conn {
             return None;
         }
         tracing::debug!(shard = self.shard.index, "TLS handshake timed out");
+        self.shard.metric(|m| m.tls_handshakes_timed_out += 1);
         Some(Exit::Close(CloseWhy::LoginTimeout))
     }
 
@@ -650,11 +651,19 @@ impl Conn {
         let Some(tls) = self.tls.as_deref_mut() else {
             return Poll::Ready(Wake::Gone);
         };
-        match tls.absorb(&chunk[..n], &mut self.rbuf) {
+        let handshaking = tls.deadline().is_some();
+        let absorbed = tls.absorb(&chunk[..n], &mut self.rbuf);
+        if handshaking && tls.deadline().is_none() {
+            self.shard.metric(|m| m.tls_handshakes_ok += 1);
+        }
+        match absorbed {
             Ok(Absorbed::Open) => Poll::Ready(Wake::Input),
             Ok(Absorbed::PeerClosed) => Poll::Ready(Wake::Gone),
             Err(err) => {
                 tracing::debug!(shard = self.shard.index, %err, "TLS failed");
+                if handshaking {
+                    self.shard.metric(|m| m.tls_handshakes_failed += 1);
+                }
                 Poll::Ready(Wake::TlsFailed)
             }
         }

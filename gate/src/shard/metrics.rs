@@ -78,6 +78,11 @@ pub struct ShardMetrics {
     pub rate_limited: u64,
     pub handoffs_out: u64,
     pub handoffs_in: u64,
+    /// TLS handshakes on `gate.tls_listen`: finished, failed (a bad hello or record, rustls'
+    /// alert), and not finished by `gate.tls_handshake_timeout_ms`.
+    pub tls_handshakes_ok: u64,
+    pub tls_handshakes_failed: u64,
+    pub tls_handshakes_timed_out: u64,
     pub backend_latency: Histogram,
 }
 
@@ -236,6 +241,26 @@ pub fn render(shards: &[ShardMetrics]) -> String {
                     "imgate_handoffs_total{{shard=\"{}\",direction=\"in\"}} {}",
                     m.shard, m.handoffs_in
                 );
+            }
+        },
+    );
+    family(
+        "imgate_tls_handshakes_total",
+        "counter",
+        "TLS handshakes on gate.tls_listen, by result (ok, failed, timeout).",
+        &mut |out| {
+            for m in shards {
+                for (result, n) in [
+                    ("ok", m.tls_handshakes_ok),
+                    ("failed", m.tls_handshakes_failed),
+                    ("timeout", m.tls_handshakes_timed_out),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "imgate_tls_handshakes_total{{shard=\"{}\",result=\"{result}\"}} {n}",
+                        m.shard
+                    );
+                }
             }
         },
     );
