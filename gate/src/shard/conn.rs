@@ -621,6 +621,7 @@ impl Conn {
         self.shard.metric(|m| m.bytes_out += written as u64);
         result
     }
+
     /// Output waits: queued frames, or (TLS) records rustls has to send.
     fn has_output(&self) -> bool {
         !self.shared.out().is_empty() || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
