@@ -1,5 +1,6 @@
 //! The browser client against a real gate: `web/test/codec.mjs` checks `web/imgate.js`'s codec
-//! against the protocol vectors (node only), and `web/test/browser.mjs` drives the demo page in
+//! against the protocol vectors and `web/test/client.mjs` its session rules against a fake
+//! socket (node only), and `web/test/browser.mjs` drives the demo page in
 //! headless Chromium (Debian's `/usr/bin/chromium` through playwright-core): two users chat
 //! both ways with unread counts and read receipts, join a group, and get a message from the
 //! native TCP client `imgate-chat`, which the script spawns from the path given here.
@@ -132,6 +133,19 @@ fn the_javascript_codec_matches_the_protocol_vectors() {
         .expect("node starts");
     let (ok, lines) = finish(child, CODEC_DEADLINE);
     assert!(ok, "web/test/codec.mjs failed:\n{}", lines.join("\n"));
+}
+
+#[test]
+fn the_javascript_client_matches_answers_by_seq_acks_pushes_and_keeps_its_heartbeat() {
+    require_deps(false);
+    let child = Command::new("node")
+        .arg(repo().join("web/test/client.mjs"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node starts");
+    let (ok, lines) = finish(child, CODEC_DEADLINE);
+    assert!(ok, "web/test/client.mjs failed:\n{}", lines.join("\n"));
 }
 
 #[test]
