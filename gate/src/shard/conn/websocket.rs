@@ -8,9 +8,9 @@
 //! opening (a deadline on the connection's one wheel entry, like its login deadline);
 //! `WebSocket` after a `101`. A plain `GET` of another path is answered from `crate::web` (the
 //! demo page, when `gate.web_demo` is on; else 404) and the connection closed. The sans-IO parts
-//! are `protocol::ws` and `crate::web`; this is the shell that feeds
-//! them the read buffer and queues what they answer. Output framing is the shared part's
-//! (`ConnShared::set_websocket`): a static header buffer ahead of each shared frame.
+//! are `protocol::ws` and `crate::web`; this is the shell that feeds them the read buffer and
+//! queues what they answer. Output framing is the shared part's (`ConnShared::set_websocket`): a
+//! static header buffer ahead of each shared frame.
 //!
 //! Over WebSocket each binary message must be exactly one imgate frame: it is decoded by the
 //! same frame decoder and handed to the same session as a TCP frame. Refusals follow
