@@ -173,6 +173,7 @@ pub struct GateConfig {
     pub ws_allowed_origins: Vec<String>,
     pub http_max_header_bytes: usize,
     pub http_header_timeout_ms: u64,
+    pub web_demo: WebDemo,
 }
 
 impl Default for GateConfig {
@@ -194,7 +195,63 @@ impl Default for GateConfig {
             ws_allowed_origins: Vec::new(),
             http_max_header_bytes: 8192,
             http_header_timeout_ms: 5000,
+            web_demo: WebDemo::Auto,
         }
+    }
+}
+
+/// `gate.web_demo`: whether the client port serves the browser demo page (`GET /`,
+/// `/imgate.js`, ...). In the file: `true`, `false` or `"auto"` (the default: on only with
+/// `auth.mode = "dev"`, where any token logs in, so a gate in production never shows it unless
+/// asked to).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WebDemo {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl WebDemo {
+    /// Whether the page is served under `mode`.
+    pub fn enabled(self, mode: AuthMode) -> bool {
+        match self {
+            Self::Auto => mode == AuthMode::Dev,
+            Self::On => true,
+            Self::Off => false,
+        }
+    }
+}
+
+impl Serialize for WebDemo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => s.serialize_str("auto"),
+            Self::On => s.serialize_bool(true),
+            Self::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WebDemo {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = WebDemo;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<WebDemo, E> {
+                Ok(if v { WebDemo::On } else { WebDemo::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<WebDemo, E> {
+                match v {
+                    "auto" => Ok(WebDemo::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -305,6 +362,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "gate.http_header_timeout_ms",
         "5000",
         "an HTTP request head must arrive within this after the connection opens, or 408 and close",
+    ),
+    (
+        "gate.web_demo",
+        "\"auto\"",
+        "serve the browser demo page and imgate.js on the client port (GET /): true | false | \"auto\" (= true only with auth.mode = \"dev\")",
     ),
     (
         "delivery.ack_timeout_ms",
@@ -500,6 +562,8 @@ pub struct WsSettings {
     pub allowed_origins: Vec<String>,
     pub max_header_bytes: usize,
     pub header_timeout: Duration,
+    /// The browser demo page is served (`gate.web_demo`, resolved against `auth.mode`).
+    pub web_demo: bool,
 }
 
 impl Settings {
@@ -674,7 +738,7 @@ impl Config {
             }
             n => n,
         };
-        let ws = validate_ws(g)?;
+        let ws = validate_ws(g, self.auth.mode)?;
         let handoff_queue = NonZeroUsize::new(g.handoff_queue)
             .ok_or_else(|| invalid("gate.handoff_queue", "must be at least 1"))?;
         match self.auth.mode {
@@ -785,7 +849,7 @@ impl Config {
 }
 
 /// The `gate.ws_*` and `gate.http_*` keys.
-fn validate_ws(g: &GateConfig) -> Result<WsSettings, ConfigError> {
+fn validate_ws(g: &GateConfig, auth: AuthMode) -> Result<WsSettings, ConfigError> {
     let path = &g.ws_path;
     if !path.is_empty()
         && (!path.starts_with('/')
@@ -824,6 +888,7 @@ fn validate_ws(g: &GateConfig) -> Result<WsSettings, ConfigError> {
         allowed_origins: g.ws_allowed_origins.clone(),
         max_header_bytes: g.http_max_header_bytes,
         header_timeout: Duration::from_millis(g.http_header_timeout_ms),
+        web_demo: g.web_demo.enabled(auth),
     })
 }
 
@@ -911,6 +976,31 @@ mod tests {
         assert!(s.ws.allowed_origins.is_empty());
         assert_eq!(s.ws.max_header_bytes, 8192);
         assert_eq!(s.ws.header_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_web_demo_follows_dev_auth_unless_set() {
+        let on = |text: &str| {
+            Config::from_toml(text)
+                .unwrap()
+                .validate()
+                .unwrap()
+                .ws
+                .web_demo
+        };
+        let jwt = "[auth]\nmode = \"jwt\"\nsecret = \"k\"\n";
+        assert!(on(""));
+        assert!(!on(jwt));
+        assert!(on(&format!("{jwt}[gate]\nweb_demo = true\n")));
+        assert!(!on("[gate]\nweb_demo = false\n"));
+        assert!(on("[gate]\nweb_demo = \"auto\"\n"));
+        let err = Config::from_toml("[gate]\nweb_demo = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("web_demo"), "{err}");
+        // The default round-trips through the file format.
+        let text = toml::to_string(&Config::default()).unwrap();
+        assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
     }
 
     #[test]

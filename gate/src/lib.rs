@@ -16,5 +16,6 @@ pub mod protocol;
 pub mod sdnotify;
 pub mod session;
 pub mod shard;
+pub mod web;
 
 pub use shard::{GateHandle, StartError, run, start};
