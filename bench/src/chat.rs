@@ -247,7 +247,7 @@ fn spawner(plan: Arc<Plan>, pairs: Vec<usize>) -> SpawnConns {
                     let (me, partner) = (plan.uid(index, side), plan.uid(index, 1 - side));
                     let pacer = Some(pacer(&plan, &pair, index, side));
                     let result = match plan.target {
-                        Target::Gate => {
+                        Target::Gate | Target::GateWs => {
                             let config = GateConfig {
                                 uid: me,
                                 sends: Some((SINGLE, partner)),
@@ -257,7 +257,14 @@ fn spawner(plan: Arc<Plan>, pairs: Vec<usize>) -> SpawnConns {
                                 cmid_seed: plan.cmid_seed,
                             };
                             let h = GateHandler::new(&config, &plan.payload);
-                            gate_conn::conn(&exec, plan.addr, h, pacer).await
+                            gate_conn::conn(
+                                &exec,
+                                plan.addr,
+                                h,
+                                pacer,
+                                plan.target == Target::GateWs,
+                            )
+                            .await
                         }
                         Target::Nats => {
                             let mine = format!("{}.{me}", plan.subject);

@@ -49,6 +49,8 @@ const START_AHEAD: Duration = Duration::from_millis(20);
 pub enum Target {
     /// imgate's binary client protocol.
     Gate,
+    /// The same frames, each in one WebSocket binary message, on the same port (`/ws`).
+    GateWs,
     /// nats-server's text protocol (SUB, PUB, MSG).
     Nats,
 }
@@ -57,6 +59,7 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Self::Gate => "gate",
+            Self::GateWs => "gate-ws",
             Self::Nats => "nats",
         }
     }
@@ -64,7 +67,7 @@ impl Target {
     /// `127.0.0.1:7000` for the gate, `127.0.0.1:4222` for nats-server.
     pub fn default_addr(self) -> SocketAddr {
         let port = match self {
-            Self::Gate => 7000,
+            Self::Gate | Self::GateWs => 7000,
             Self::Nats => 4222,
         };
         SocketAddr::from(([127, 0, 0, 1], port))

@@ -21,6 +21,7 @@ use crate::wire::{
     AckBatch, SendTemplate, notify_latest, pull_resp, push_view, put_header, put_pull, send_resp,
     split_frame,
 };
+use crate::ws::{self, WsHandler};
 
 /// `conv_type` of a single chat.
 pub const SINGLE: u32 = 1;
@@ -408,38 +409,72 @@ impl Handler for GateHandler {
     }
 }
 
-/// One gate connection: LOGIN, then send (with `pacer`) or receive until the run is over.
-pub async fn conn<P: Pacer<GateHandler>>(
+/// One gate connection: LOGIN, then send (with `pacer`) or receive until the run is over;
+/// over WebSocket (`/ws` on the same port) when `ws`.
+pub async fn conn<P>(
     exec: &Exec,
     addr: SocketAddr,
     mut h: GateHandler,
     pacer: Option<P>,
-) -> Result<(), ConnError> {
+    ws: bool,
+) -> Result<(), ConnError>
+where
+    P: Pacer<GateHandler> + Pacer<WsHandler<GateHandler>>,
+{
     let mut conn = Conn::connect(exec, addr).await?;
+    let uid = h.uid;
     let login = pb::LoginReq {
-        uid: h.uid,
+        uid,
         token: "bench".into(),
         device_id: DEVICE.into(),
         platform: PLATFORM_OTHER,
         client_version: env!("CARGO_PKG_VERSION").into(),
     };
     let frame = encode_frame(cmd::LOGIN, MsgType::Request, LOGIN_SEQ, LOGIN_SEQ, &login);
-    conn.out.extend_from_slice(&frame);
-    conn.flush_out().await?;
-    while !h.logged_in {
-        if conn.next_event(exec, &mut h, |_, _| false).await? == Event::Eof {
-            return Err(ConnError::Closed);
-        }
+    let result = if ws {
+        conn.out
+            .extend_from_slice(&ws::upgrade_request(&addr.to_string()));
         conn.flush_out().await?;
-    }
-    let uid = h.uid;
-    let result = drive::run(exec, &mut conn, &mut h, pacer).await;
+        let mut upgrade = ws::Upgrade::default();
+        while !upgrade.done {
+            if conn.next_event(exec, &mut upgrade, |_, _| false).await? == Event::Eof {
+                return Err(ConnError::Closed);
+            }
+        }
+        let mut wh = WsHandler::new(h);
+        ws::wrap(&frame, &mut conn.out);
+        log_in(exec, &mut conn, &mut wh, |w| w.inner.logged_in).await?;
+        let result = drive::run(exec, &mut conn, &mut wh, pacer).await;
+        h = wh.inner;
+        result
+    } else {
+        conn.out.extend_from_slice(&frame);
+        log_in(exec, &mut conn, &mut h, |h| h.logged_in).await?;
+        drive::run(exec, &mut conn, &mut h, pacer).await
+    };
     if let Some(code) = h.take_refusal() {
         exec.shared.note(format!(
             "uid {uid}: SEND answered with code {code} (counted in refused)"
         ));
     }
     result
+}
+
+/// Sends the queued LOGIN and reads until `logged_in` says the answer came.
+async fn log_in<H: Handler>(
+    exec: &Exec,
+    conn: &mut Conn,
+    h: &mut H,
+    logged_in: impl Fn(&H) -> bool,
+) -> Result<(), ConnError> {
+    conn.flush_out().await?;
+    while !logged_in(h) {
+        if conn.next_event(exec, h, |_, _| false).await? == Event::Eof {
+            return Err(ConnError::Closed);
+        }
+        conn.flush_out().await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

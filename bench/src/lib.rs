@@ -15,7 +15,8 @@
 //! - [`drive`]: the send and receive loops, and the pacers (open loop, closed-loop windows).
 //! - [`pace`]: one pacing service per executor that wakes senders at their due times (its queue
 //!   is sans-IO).
-//! - [`gate_conn`], [`nats_conn`]: the per-connection protocol handlers of the two targets.
+//! - [`gate_conn`], [`nats_conn`]: the per-connection protocol handlers of the two targets;
+//!   [`ws`]: the gate's handler over WebSocket (`--target gate-ws`).
 //! - [`report`]: what every summary shares.
 //!
 //! The login scenarios' shell (connections that log in and do little else):
@@ -49,3 +50,4 @@ pub mod report;
 pub mod sources;
 pub mod uplink;
 pub mod wire;
+pub mod ws;

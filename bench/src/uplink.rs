@@ -160,7 +160,8 @@ fn spawner(plan: Arc<Plan>, conns: Vec<usize>) -> SpawnConns {
                     };
                     let h = GateHandler::new(&config, &plan.payload);
                     let result =
-                        gate_conn::conn(&exec, plan.addr, h, Some(pacer(&plan, index))).await;
+                        gate_conn::conn(&exec, plan.addr, h, Some(pacer(&plan, index)), false)
+                            .await;
                     if let Err(e) = result {
                         exec.shared.record_error(format!("uid {uid}: {e}"));
                     }

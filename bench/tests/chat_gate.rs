@@ -94,3 +94,18 @@ fn chat_at_max_keeps_a_window_per_user_and_loses_nothing() {
     assert_eq!(summary.missing(), 0, "{}", summary.to_text());
     assert_eq!(summary.common.latency.count, summary.end.unique());
 }
+
+#[test]
+fn chat_over_websocket_delivers_and_times_every_message() {
+    let summary = run(&["--target", "gate-ws", "--rate", "400"]);
+    assert_eq!(
+        summary.errors(),
+        0,
+        "errors: {:?}",
+        summary.error_messages()
+    );
+    assert_eq!(summary.end.sent, 400, "{}", summary.to_text());
+    assert_eq!(summary.missing(), 0, "{}", summary.to_text());
+    assert_eq!(summary.common.latency.count, 400);
+    assert!(summary.to_json().contains("\"target\":\"gate-ws\""));
+}

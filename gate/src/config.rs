@@ -177,6 +177,7 @@ pub struct GateConfig {
     pub tls_cert: String,
     pub tls_key: String,
     pub tls_handshake_timeout_ms: u64,
+    pub web_demo: WebDemo,
 }
 
 impl Default for GateConfig {
@@ -202,7 +203,63 @@ impl Default for GateConfig {
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_handshake_timeout_ms: 10_000,
+            web_demo: WebDemo::Auto,
         }
+    }
+}
+
+/// `gate.web_demo`: whether the client port serves the browser demo page (`GET /`,
+/// `/imgate.js`, ...). In the file: `true`, `false` or `"auto"` (the default: on only with
+/// `auth.mode = "dev"`, where any token logs in, so a gate in production never shows it unless
+/// asked to).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WebDemo {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl WebDemo {
+    /// Whether the page is served under `mode`.
+    pub fn enabled(self, mode: AuthMode) -> bool {
+        match self {
+            Self::Auto => mode == AuthMode::Dev,
+            Self::On => true,
+            Self::Off => false,
+        }
+    }
+}
+
+impl Serialize for WebDemo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => s.serialize_str("auto"),
+            Self::On => s.serialize_bool(true),
+            Self::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WebDemo {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = WebDemo;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<WebDemo, E> {
+                Ok(if v { WebDemo::On } else { WebDemo::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<WebDemo, E> {
+                match v {
+                    "auto" => Ok(WebDemo::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -333,6 +390,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "gate.tls_handshake_timeout_ms",
         "10000",
         "a TLS handshake not finished within this after the connection opens closes it",
+    ),
+    (
+        "gate.web_demo",
+        "\"auto\"",
+        "serve the browser demo page and imgate.js on the client port (GET /): true | false | \"auto\" (= true only with auth.mode = \"dev\")",
     ),
     (
         "delivery.ack_timeout_ms",
@@ -530,6 +592,8 @@ pub struct WsSettings {
     pub allowed_origins: Vec<String>,
     pub max_header_bytes: usize,
     pub header_timeout: Duration,
+    /// The browser demo page is served (`gate.web_demo`, resolved against `auth.mode`).
+    pub web_demo: bool,
 }
 
 /// The TLS listener, validated: the certificate and key are loaded and checked against each
@@ -717,7 +781,7 @@ impl Config {
             }
             n => n,
         };
-        let ws = validate_ws(g)?;
+        let ws = validate_ws(g, self.auth.mode)?;
         let tls = validate_tls(g, listen)?;
         let handoff_queue = NonZeroUsize::new(g.handoff_queue)
             .ok_or_else(|| invalid("gate.handoff_queue", "must be at least 1"))?;
@@ -837,7 +901,7 @@ impl Config {
 }
 
 /// The `gate.ws_*` and `gate.http_*` keys.
-fn validate_ws(g: &GateConfig) -> Result<WsSettings, ConfigError> {
+fn validate_ws(g: &GateConfig, auth: AuthMode) -> Result<WsSettings, ConfigError> {
     let path = &g.ws_path;
     if !path.is_empty()
         && (!path.starts_with('/')
@@ -876,6 +940,7 @@ fn validate_ws(g: &GateConfig) -> Result<WsSettings, ConfigError> {
         allowed_origins: g.ws_allowed_origins.clone(),
         max_header_bytes: g.http_max_header_bytes,
         header_timeout: Duration::from_millis(g.http_header_timeout_ms),
+        web_demo: g.web_demo.enabled(auth),
     })
 }
 
@@ -1018,6 +1083,31 @@ mod tests {
         assert!(s.ws.allowed_origins.is_empty());
         assert_eq!(s.ws.max_header_bytes, 8192);
         assert_eq!(s.ws.header_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_web_demo_follows_dev_auth_unless_set() {
+        let on = |text: &str| {
+            Config::from_toml(text)
+                .unwrap()
+                .validate()
+                .unwrap()
+                .ws
+                .web_demo
+        };
+        let jwt = "[auth]\nmode = \"jwt\"\nsecret = \"k\"\n";
+        assert!(on(""));
+        assert!(!on(jwt));
+        assert!(on(&format!("{jwt}[gate]\nweb_demo = true\n")));
+        assert!(!on("[gate]\nweb_demo = false\n"));
+        assert!(on("[gate]\nweb_demo = \"auto\"\n"));
+        let err = Config::from_toml("[gate]\nweb_demo = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("web_demo"), "{err}");
+        // The default round-trips through the file format.
+        let text = toml::to_string(&Config::default()).unwrap();
+        assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
     }
 
     #[test]

@@ -17,5 +17,6 @@ pub mod sdnotify;
 pub mod session;
 pub mod shard;
 pub mod tls;
+pub mod web;
 
 pub use shard::{GateHandle, StartError, run, start};

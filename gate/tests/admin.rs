@@ -4,7 +4,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use gate::admin::promtext::{self, Sample};
@@ -129,14 +129,9 @@ fn metrics_parse_strictly_and_count_what_scripted_clients_did() {
     gate.stop();
 }
 
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
 #[test]
 fn readyz_flips_with_the_backend_link() {
-    let router_addr = free_port();
+    let router_addr = support::process::free_addr();
     let gate = TestGate::start_with(|c| {
         c.admin.listen = "127.0.0.1:0".into();
         c.backend.kind = gate::config::BackendKind::Remote;

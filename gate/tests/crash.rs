@@ -6,9 +6,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,6 +15,7 @@ use gate::client::{Client, expect_response};
 use gate::protocol::{cmd, pb};
 use support::WAIT;
 use support::im::{SINGLE, code, send_req};
+use support::process::GateProcess;
 
 const SENDERS: u64 = 4;
 /// SENDs each sender keeps in flight.
@@ -30,58 +29,17 @@ impl Drop for TempDir {
     }
 }
 
-struct GateProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for GateProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
-
 /// Starts the gate binary on `dir`'s data with `shards` shards and waits until it listens.
 fn spawn_gate(dir: &std::path::Path, shards: u32) -> GateProcess {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let data = dir.join("data");
-    let config = format!(
-        "[gate]\nlisten = \"{addr}\"\nshards = {shards}\nio_memory_kib = 64\n\
-         [admin]\nlisten = \"\"\n[limits]\nmsgs_per_sec = 100000\nburst = 100000\n\
-         [backend]\ndata_dir = \"{}\"\nsync = \"interval\"\npartitions = 16\n",
-        data.display()
-    );
-    let path = dir.join(format!("gate-{shards}.toml"));
-    std::fs::File::create(&path)
-        .and_then(|mut f| f.write_all(config.as_bytes()))
-        .expect("write config");
-    let child = Command::new(env!("CARGO_BIN_EXE_gate"))
-        .arg("--config")
-        .arg(&path)
-        .env(
-            "RUST_LOG",
-            std::env::var("IMGATE_TEST_LOG").unwrap_or_else(|_| "error".into()),
+    GateProcess::spawn(&format!("crash-{shards}"), |addr| {
+        format!(
+            "[gate]\nlisten = \"{addr}\"\nshards = {shards}\nio_memory_kib = 64\n\
+             [admin]\nlisten = \"\"\n[limits]\nmsgs_per_sec = 100000\nburst = 100000\n\
+             [backend]\ndata_dir = \"{}\"\nsync = \"interval\"\npartitions = 16\n",
+            data.display()
         )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the gate binary");
-    let gate = GateProcess { child, addr };
-    let deadline = Instant::now() + WAIT * 2;
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the gate did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    gate
+    })
 }
 
 fn login(addr: SocketAddr, uid: u64) -> Client {

@@ -5,9 +5,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,6 +15,7 @@ use gate::protocol::{cmd, pb};
 use router::im::{Origin, Output, Request};
 use router::server::{ReferenceIm, Service};
 use support::im::{SINGLE, code, expect_push, send_text};
+use support::process::{GateProcess, free_addr};
 use support::{WAIT, assert_kick};
 
 const CLIENTS: u64 = 200;
@@ -42,62 +41,17 @@ impl Service for Counting {
     }
 }
 
-struct GateProcess {
-    child: Child,
-    addr: SocketAddr,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for GateProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
 fn spawn_gate(id: &str, router: SocketAddr, peers: &[SocketAddr]) -> GateProcess {
-    let dir = std::env::temp_dir().join(format!("imgate-drain-{}-{id}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let addr = free_addr();
     let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
-    let config = format!(
-        "[gate]\nid = \"{id}\"\nlisten = \"{addr}\"\nshards = 2\nio_memory_kib = 64\n\
-         drain_secs = {DRAIN_SECS}\npeers = [{}]\n[admin]\nlisten = \"\"\n\
-         [limits]\nmsgs_per_sec = 100000\nburst = 100000\n\
-         [backend]\nkind = \"remote\"\naddr = \"{router}\"\n",
-        peers.join(", ")
-    );
-    let path = dir.join("gate.toml");
-    std::fs::File::create(&path)
-        .and_then(|mut f| f.write_all(config.as_bytes()))
-        .expect("write config");
-    let child = Command::new(env!("CARGO_BIN_EXE_gate"))
-        .arg("--config")
-        .arg(&path)
-        .env(
-            "RUST_LOG",
-            std::env::var("IMGATE_TEST_LOG").unwrap_or_else(|_| "error".into()),
+    GateProcess::spawn(id, |addr| {
+        format!(
+            "[gate]\nid = \"{id}\"\nlisten = \"{addr}\"\nshards = 2\nio_memory_kib = 64\n\
+             drain_secs = {DRAIN_SECS}\npeers = [{}]\n[admin]\nlisten = \"\"\n\
+             [limits]\nmsgs_per_sec = 100000\nburst = 100000\n\
+             [backend]\nkind = \"remote\"\naddr = \"{router}\"\n",
+            peers.join(", ")
         )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the gate binary");
-    let gate = GateProcess { child, addr, dir };
-    let deadline = Instant::now() + WAIT * 2;
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "gate {id} did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    gate
+    })
 }
 
 fn login(addr: SocketAddr, uid: u64) -> Client {

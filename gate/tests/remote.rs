@@ -11,90 +11,27 @@
 
 mod support;
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use gate::client::Client;
 use gate::protocol::pb;
 use support::im::{self, SINGLE, take_push};
-use support::{WAIT, assert_alive, assert_kicked};
+use support::process::{GateProcess, free_addr};
+use support::{assert_alive, assert_kicked};
 
 /// `backend.timeout_ms` of the test gates.
 const TIMEOUT_MS: u64 = 1000;
 /// How long a gate may take to (re)connect: its backoff tops out at 5 s.
 const RECONNECT: Duration = Duration::from_secs(15);
 
-/// A `gate` process; killed when dropped.
-struct GateProcess {
-    child: Child,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-impl Drop for GateProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
-
 fn spawn_gate(id: &str, router: SocketAddr) -> GateProcess {
-    let dir = std::env::temp_dir().join(format!("imgate-remote-{}-{id}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let config = format!(
-        "[gate]\nid = \"{id}\"\nlisten = \"{addr}\"\nshards = 2\nio_memory_kib = 64\n\
-         [admin]\nlisten = \"\"\n[backend]\nkind = \"remote\"\naddr = \"{router}\"\ntimeout_ms = {TIMEOUT_MS}\n"
-    );
-    let path = dir.join("gate.toml");
-    std::fs::File::create(&path)
-        .and_then(|mut f| f.write_all(config.as_bytes()))
-        .expect("write config");
-    let child = Command::new(env!("CARGO_BIN_EXE_gate"))
-        .arg("--config")
-        .arg(&path)
-        // IMGATE_TEST_LOG=info (or debug) shows what the gates and the router log.
-        .env(
-            "RUST_LOG",
-            std::env::var("IMGATE_TEST_LOG").unwrap_or_else(|_| "error".into()),
+    GateProcess::spawn(id, |addr| {
+        format!(
+            "[gate]\nid = \"{id}\"\nlisten = \"{addr}\"\nshards = 2\nio_memory_kib = 64\n\
+             [admin]\nlisten = \"\"\n[backend]\nkind = \"remote\"\naddr = \"{router}\"\ntimeout_ms = {TIMEOUT_MS}\n"
         )
-        .stdout(if std::env::var_os("IMGATE_TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the gate binary");
-    let gate = GateProcess {
-        child,
-        addr,
-        _dir: TempDir(dir),
-    };
-    let deadline = Instant::now() + WAIT * 2;
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "gate {id} did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    gate
+    })
 }
 
 fn start_router(listen: SocketAddr) -> router::server::RouterHandle {
@@ -161,7 +98,7 @@ fn two_gates_chat_through_one_router_that_restarts() {
     if let Ok(filter) = std::env::var("IMGATE_TEST_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
     }
-    let router_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let router_addr: SocketAddr = free_addr();
     let router = start_router(router_addr);
     let g1 = spawn_gate("g1", router_addr);
     let g2 = spawn_gate("g2", router_addr);

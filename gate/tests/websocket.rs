@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use gate::client::{Client, decode_body};
+use gate::config::WebDemo;
 use gate::protocol::ws::{Opcode, accept_key, client_request, write_frame};
 use gate::protocol::{MsgType, cmd, encode_frame, pb};
 use gate::shard::{DeliveryObserver, owner_shard, shard_of_session};
@@ -293,6 +294,59 @@ fn malformed_http_gets_400_and_other_paths_404() {
     let mut alias = Client::connect_ws(gate.addr(), "/chat").expect("upgrade on the alias");
     assert_alive(&mut alias);
     assert_alive(&mut other);
+    gate.stop();
+}
+
+/// Splits an HTTP answer into its head and body; the body's length must be `Content-Length`.
+fn page_of(answer: &str) -> (&str, &str) {
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|n| n.parse::<usize>().ok())
+        .expect("a Content-Length");
+    assert_eq!(body.len(), length, "{head}");
+    (head, body)
+}
+
+#[test]
+fn the_demo_page_is_served_when_on_and_404_when_off() {
+    let gate = TestGate::start_with(|c| c.gate.web_demo = WebDemo::On);
+    let mut other = bystander(&gate);
+    let answer = http_exchange(&gate, b"GET / HTTP/1.1\r\nHost: gate\r\n\r\n");
+    let (head, body) = page_of(&answer);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/html; charset=utf-8\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("Connection: close\r\n"), "{head}");
+    assert!(head.contains("Cache-Control: no-store\r\n"), "{head}");
+    assert!(body.contains("<title>imgate"), "{body}");
+    let answer = http_exchange(&gate, b"GET /imgate.js?v=1 HTTP/1.1\r\nHost: gate\r\n\r\n");
+    let (head, body) = page_of(&answer);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("Content-Type: text/javascript"), "{head}");
+    assert!(
+        body.contains("export class ImgateClient"),
+        "first bytes: {:?}",
+        &body[..80]
+    );
+    // Other paths and methods stay 404; /ws still upgrades.
+    let answer = http_exchange(&gate, b"GET /secret HTTP/1.1\r\nHost: gate\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    let mut ws = ws_connect(&gate);
+    assert_alive(&mut ws);
+    assert_alive(&mut other);
+    gate.stop();
+
+    let gate = TestGate::start_with(|c| c.gate.web_demo = WebDemo::Off);
+    for path in ["/", "/imgate.js"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: gate\r\n\r\n");
+        let answer = http_exchange(&gate, request.as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 404 "), "{path}: {answer}");
+    }
+    assert_alive(&mut ws_connect(&gate));
     gate.stop();
 }
 

@@ -13,6 +13,8 @@ pub mod sdnotify;
 
 pub mod link;
 pub mod server;
+#[cfg(test)]
+mod testutil;
 
 /// Result codes shared with the client protocol (PROTOCOL.md "Codes").
 pub mod code {

@@ -208,3 +208,126 @@ mod tests {
         assert_eq!(watchdog_interval_from(Some("soon"), None, 7), None);
     }
 }
+
+/// A harness for the binaries' tests (`gate/tests/systemd_notify.rs`,
+/// `router/tests/systemd_notify.rs`): starts `binary --config` with `config` under a fake
+/// systemd (a real datagram socket named by NOTIFY_SOCKET, WATCHDOG_USEC = 200 ms) and checks
+/// the lifecycle: READY=1 with MAINPID, two WATCHDOG=1, STOPPING=1 after SIGTERM, exit 0. Every
+/// wait has a deadline; a failure panics with the child's stderr.
+#[doc(hidden)]
+pub mod testkit {
+    use std::os::unix::net::UnixDatagram;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    /// Kills the child if the test ends early; keeps the path of its stderr file.
+    struct Running(Child, PathBuf);
+
+    impl Running {
+        fn stderr(&self) -> String {
+            std::fs::read_to_string(&self.1).unwrap_or_default()
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// The next datagram, or a panic (with the child's stderr) at the deadline or when the child
+    /// exits first.
+    fn next(sock: &UnixDatagram, child: &mut Running, until: Instant) -> String {
+        let mut buf = [0u8; 512];
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "no notification before the deadline; stderr:\n{}",
+                    child.stderr()
+                );
+            }
+            sock.set_read_timeout(Some(left.min(Duration::from_millis(200))))
+                .expect("set timeout");
+            match sock.recv(&mut buf) {
+                Ok(n) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if let Some(status) = child.0.try_wait().expect("wait") {
+                        panic!(
+                            "exited ({status}) before notifying; stderr:\n{}",
+                            child.stderr()
+                        );
+                    }
+                }
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+    }
+
+    /// Runs the lifecycle check of `binary` (named `name` in messages) with `config`.
+    pub fn notify_lifecycle(binary: &Path, name: &str, config: &str) {
+        let dir: PathBuf =
+            std::env::temp_dir().join(format!("imgate-notify-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let socket = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&socket).expect("bind the notify socket");
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let stderr = dir.join("stderr");
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(&config_path)
+            .env("NOTIFY_SOCKET", &socket)
+            .env("WATCHDOG_USEC", "200000")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(&stderr).expect("create the stderr file"),
+            ))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the {name}: {e}"));
+        let mut running = Running(child, stderr);
+        let pid = running.0.id();
+        let until = Instant::now() + DEADLINE;
+
+        let ready = next(&sock, &mut running, until);
+        assert_eq!(ready, format!("READY=1\nMAINPID={pid}"));
+        assert_eq!(next(&sock, &mut running, until), "WATCHDOG=1");
+        assert_eq!(next(&sock, &mut running, until), "WATCHDOG=1");
+
+        // SAFETY: kill with the pid of our own child and a constant signal.
+        let pid_t = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+        assert_eq!(unsafe { libc::kill(pid_t, libc::SIGTERM) }, 0);
+        loop {
+            match next(&sock, &mut running, until).as_str() {
+                "WATCHDOG=1" => continue,
+                "STOPPING=1" => break,
+                other => panic!("unexpected notification {other:?}"),
+            }
+        }
+        loop {
+            if let Some(status) = running.0.try_wait().expect("wait") {
+                assert!(status.success(), "{status}");
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "the {name} did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(running);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

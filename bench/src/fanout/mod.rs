@@ -265,7 +265,7 @@ fn spawner(plan: Arc<Plan>, specs: Vec<ConnSpec>) -> SpawnConns {
                 glommio::spawn_local(async move {
                     let pacer = spec.publisher.map(|p| pacer(&plan, p));
                     let result = match plan.target {
-                        Target::Gate => {
+                        Target::Gate | Target::GateWs => {
                             let config = GateConfig {
                                 uid: spec.uid,
                                 sends: spec.publisher.map(|_| (GROUP, plan.group_id)),
@@ -275,7 +275,14 @@ fn spawner(plan: Arc<Plan>, specs: Vec<ConnSpec>) -> SpawnConns {
                                 cmid_seed: plan.cmid_seed,
                             };
                             let h = GateHandler::new(&config, &plan.payload);
-                            gate_conn::conn(&exec, plan.addr, h, pacer).await
+                            gate_conn::conn(
+                                &exec,
+                                plan.addr,
+                                h,
+                                pacer,
+                                plan.target == Target::GateWs,
+                            )
+                            .await
                         }
                         Target::Nats => {
                             let (subscribe, publish) = match spec.publisher {
@@ -304,7 +311,7 @@ pub fn run(args: &FanoutArgs) -> Result<Summary, RunError> {
         .map(|i| args.uid_base + i as u64)
         .collect();
     let (group_id, recipients) = match args.target {
-        Target::Gate => (
+        Target::Gate | Target::GateWs => (
             gate_conn::create_group(addr, member_uids[0], &member_uids[1..])?,
             (args.members + args.publishers - 1) as u64,
         ),

@@ -106,13 +106,29 @@ impl GateControl {
 
     /// Every shard's metrics, or the first shard that did not answer within `timeout`.
     pub fn scrape(&self, timeout: Duration) -> Result<Vec<ShardMetrics>, usize> {
+        self.ask_all(timeout, Command::Scrape)
+    }
+
+    /// Whether every shard answers within `timeout`.
+    pub fn ping(&self, timeout: Duration) -> bool {
+        self.ask_all(timeout, Command::Ping).is_ok()
+    }
+
+    /// Asks every shard at once (`ask` builds the command around its reply channel) and
+    /// collects the answers in shard order; `Err(shard)` for the first one that did not
+    /// answer by the deadline.
+    fn ask_all<T>(
+        &self,
+        timeout: Duration,
+        ask: impl Fn(SyncSender<T>) -> Command,
+    ) -> Result<Vec<T>, usize> {
         let deadline = Instant::now() + timeout;
         let asked: Vec<_> = self
             .ports
             .iter()
             .map(|port| {
                 let (tx, rx) = sync_channel(1);
-                port.send(Command::Scrape(tx)).then_some(rx)
+                port.send(ask(tx)).then_some(rx)
             })
             .collect();
         asked
@@ -123,23 +139,6 @@ impl GateControl {
                 rx.and_then(|rx| rx.recv_timeout(left).ok()).ok_or(shard)
             })
             .collect()
-    }
-
-    /// Whether every shard answers within `timeout`.
-    pub fn ping(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let asked: Vec<_> = self
-            .ports
-            .iter()
-            .map(|port| {
-                let (tx, rx) = sync_channel(1);
-                port.send(Command::Ping(tx)).then_some(rx)
-            })
-            .collect();
-        asked.into_iter().all(|rx| {
-            let left = deadline.saturating_duration_since(Instant::now());
-            rx.is_some_and(|rx| rx.recv_timeout(left).is_ok())
-        })
     }
 
     /// KICK 7 to `uid`'s sessions (`device_id`: only that device); how many were kicked, `None`

@@ -5,6 +5,8 @@
 //! Each test binary uses part of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::time::{Duration, Instant};
 
 use gate::client::{Client, ClientError, decode_body};

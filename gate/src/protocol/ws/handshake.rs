@@ -1,10 +1,13 @@
-//! The HTTP/1.1 side of the client port, sans-IO and bounded: [`parse_upgrade`] reads one
+//! The HTTP/1.1 side of the client port, sans-IO and bounded: [`parse_request`] reads one
 //! request head (the connection's first bytes were `GET `) and decides it: a WebSocket upgrade
-//! (RFC 6455 4.2) on `/ws` or the configured alias, or an [`HandshakeError`] carrying the HTTP
-//! status to answer before closing.
+//! (RFC 6455 4.2) on `/ws` or the configured alias, a plain `GET` of another path (which the
+//! shell serves from `crate::web` or answers 404), or an [`HandshakeError`] carrying the HTTP
+//! status to answer before closing. [`parse_upgrade`] is the same for callers that serve no
+//! pages.
 //!
 //! What it checks, in order: the head fits `max_head` bytes (431), the request line and headers
-//! are well-formed (400), the path is served (404), it is a valid upgrade — GET, HTTP/1.1,
+//! are well-formed (400), the path is `/ws` or the alias (else a `GET` is handed back as
+//! [`Request::Get`] and anything else is 404), it is a valid upgrade — GET, HTTP/1.1,
 //! `Host`, `Upgrade: websocket`, `Connection` naming `upgrade`, `Sec-WebSocket-Version: 13`, a
 //! `Sec-WebSocket-Key` that is 16 bytes in base64 (400) — and its `Origin`, when it sends one, is
 //! allowed (403). A request without `Origin` is not from a browser and is not refused for it:
@@ -56,6 +59,16 @@ impl Upgrade {
             self.accept
         ))
     }
+}
+
+/// A whole, well-formed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// A valid WebSocket upgrade on `/ws` or the alias.
+    Upgrade(Upgrade),
+    /// A `GET` of any other path (`path` without its query): a page, or 404. Either way the
+    /// answer is the last thing on the connection.
+    Get { path: &'a str },
 }
 
 /// A request that is not upgraded; the connection gets [`HandshakeError::response`] and is
@@ -157,9 +170,22 @@ struct Seen<'a> {
     origin: Option<&'a str>,
 }
 
+/// [`parse_request`] for a server without pages: a `GET` of another path is
+/// [`HandshakeError::NotFound`].
+pub fn parse_upgrade(buf: &[u8], policy: &Policy<'_>) -> Result<Option<Upgrade>, HandshakeError> {
+    match parse_request(buf, policy)? {
+        None => Ok(None),
+        Some(Request::Upgrade(upgrade)) => Ok(Some(upgrade)),
+        Some(Request::Get { .. }) => Err(HandshakeError::NotFound),
+    }
+}
+
 /// Decides the request head at the front of `buf` (see the module doc): `Ok(None)` while it is
 /// incomplete and within `policy.max_head`.
-pub fn parse_upgrade(buf: &[u8], policy: &Policy<'_>) -> Result<Option<Upgrade>, HandshakeError> {
+pub fn parse_request<'b>(
+    buf: &'b [u8],
+    policy: &Policy<'_>,
+) -> Result<Option<Request<'b>>, HandshakeError> {
     let window = &buf[..buf.len().min(policy.max_head)];
     let Some(end) = window.windows(4).position(|w| w == b"\r\n\r\n") else {
         return if buf.len() >= policy.max_head {
@@ -214,7 +240,10 @@ pub fn parse_upgrade(buf: &[u8], policy: &Policy<'_>) -> Result<Option<Upgrade>,
     }
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     if path != WS_PATH && (policy.alias.is_empty() || path != policy.alias) {
-        return Err(HandshakeError::NotFound);
+        return match method {
+            "GET" => Ok(Some(Request::Get { path })),
+            _ => Err(HandshakeError::NotFound),
+        };
     }
     let bad = HandshakeError::BadUpgrade;
     if method != "GET" {
@@ -251,8 +280,8 @@ pub fn parse_upgrade(buf: &[u8], policy: &Policy<'_>) -> Result<Option<Upgrade>,
     {
         return Err(HandshakeError::OriginRefused);
     }
-    Ok(Some(Upgrade {
+    Ok(Some(Request::Upgrade(Upgrade {
         accept: accept_key(key),
         used: end + 4,
-    }))
+    })))
 }

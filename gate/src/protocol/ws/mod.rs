@@ -26,8 +26,8 @@ pub use codec::{
     write_frame,
 };
 pub use handshake::{
-    HandshakeError, Policy, Upgrade, WS_PATH, accept_key, client_request, http_response,
-    parse_upgrade,
+    HandshakeError, Policy, Request, Upgrade, WS_PATH, accept_key, client_request, http_response,
+    parse_request, parse_upgrade,
 };
 
 #[cfg(test)]

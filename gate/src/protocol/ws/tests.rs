@@ -464,6 +464,33 @@ fn the_alias_is_served_and_other_paths_are_not_found() {
 }
 
 #[test]
+fn a_get_of_another_path_is_handed_back_with_its_path_without_the_query() {
+    let wire = b"GET /imgate.js?v=2 HTTP/1.1\r\nHost: x\r\n\r\n";
+    for at in 0..wire.len() {
+        assert_eq!(parse_request(&wire[..at], &policy()), Ok(None), "at {at}");
+    }
+    assert_eq!(
+        parse_request(wire, &policy()),
+        Ok(Some(Request::Get { path: "/imgate.js" }))
+    );
+    // Even with upgrade headers: only /ws and the alias upgrade.
+    assert_eq!(
+        parse_request(request("/", "").as_bytes(), &policy()),
+        Ok(Some(Request::Get { path: "/" }))
+    );
+    assert!(matches!(
+        parse_request(request("/ws", "").as_bytes(), &policy()),
+        Ok(Some(Request::Upgrade(_)))
+    ));
+    // The head is checked before the path.
+    let bad = b"GET / HTTP/1.1\r\nno colon\r\n\r\n";
+    assert_eq!(
+        parse_request(bad, &policy()),
+        Err(HandshakeError::Malformed)
+    );
+}
+
+#[test]
 fn bad_upgrades_get_400() {
     let base = request("/ws", "");
     let cases: Vec<(String, &str)> = vec![

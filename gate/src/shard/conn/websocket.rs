@@ -6,9 +6,11 @@
 //! pays one enum check per wake-up); `Http` while a request head arrives, bounded by
 //! `gate.http_max_header_bytes` and by `gate.http_header_timeout_ms` from the connection's
 //! opening (a deadline on the connection's one wheel entry, like its login deadline);
-//! `WebSocket` after a `101`. The sans-IO parts are `protocol::ws`; this is the shell that feeds
-//! them the read buffer and queues what they answer. Output framing is the shared part's
-//! (`ConnShared::set_websocket`): a static header buffer ahead of each shared frame.
+//! `WebSocket` after a `101`. A plain `GET` of another path is answered from `crate::web` (the
+//! demo page, when `gate.web_demo` is on; else 404) and the connection closed. The sans-IO parts
+//! are `protocol::ws` and `crate::web`; this is the shell that feeds them the read buffer and
+//! queues what they answer. Output framing is the shared part's (`ConnShared::set_websocket`): a
+//! static header buffer ahead of each shared frame.
 //!
 //! Over WebSocket each binary message must be exactly one imgate frame: it is decoded by the
 //! same frame decoder and handed to the same session as a TCP frame. Refusals follow
@@ -28,8 +30,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::{Arrival, Conn, Exit};
 use crate::protocol::ws::{
     CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_LARGE, CLOSE_TRY_AGAIN_LATER,
-    Opcode, Policy, Role, WsDecoder, WsError, WsEvent, close_frame, http_response, parse_upgrade,
-    pong_frame, server_header,
+    Opcode, Policy, Request, Role, WsDecoder, WsError, WsEvent, close_frame, http_response,
+    parse_request, pong_frame, server_header,
 };
 use crate::protocol::{Code, FrameError, HEADER_LEN, Header, KickReason, MAGIC};
 use crate::session::CloseWhy;
@@ -142,9 +144,11 @@ pub(crate) fn capacity_answer(arrival: &Arrival, refusal: &Refusal) -> Option<By
         allowed_origins: &refusal.ws.allowed_origins,
         max_head: refusal.ws.max_header_bytes,
     };
-    match parse_upgrade(first, &policy) {
+    match parse_request(first, &policy) {
         Ok(None) => None,
-        Ok(Some(upgrade)) => Some(in_websocket(Some(upgrade.response()))),
+        Ok(Some(Request::Upgrade(upgrade))) => Some(in_websocket(Some(upgrade.response()))),
+        // A page costs the full gate nothing it would keep: answered, then closed.
+        Ok(Some(Request::Get { path })) => Some(crate::web::answer_get(path, refusal.ws.web_demo)),
         Err(err) => Some(err.response()),
     }
 }
@@ -193,9 +197,15 @@ impl Conn {
             allowed_origins: &ws.allowed_origins,
             max_head: ws.max_header_bytes,
         };
-        match parse_upgrade(&self.rbuf, &policy) {
+        match parse_request(&self.rbuf, &policy) {
             Ok(None) => Ok(false),
-            Ok(Some(upgrade)) => {
+            Ok(Some(Request::Get { path })) => {
+                let answer = crate::web::answer_get(path, ws.web_demo);
+                self.shard.queue_raw_last(&self.shared, answer);
+                // HTTP/1.1 with `connection: close`: the exchange is over, like a peer's close.
+                Err(Exit::Close(CloseWhy::PeerClosed))
+            }
+            Ok(Some(Request::Upgrade(upgrade))) => {
                 self.rbuf.advance(upgrade.used);
                 self.shard.queue_raw_last(&self.shared, upgrade.response());
                 self.shared.set_websocket();

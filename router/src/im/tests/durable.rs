@@ -2,7 +2,7 @@
 //! cluster is dropped (a crash: whatever was in flight is lost) and opened again from the
 //! directory alone; what clients were told must still hold.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
@@ -10,31 +10,7 @@ use crate::im::filter::{ContentFilter, FilterAction};
 use crate::im::journal::JournalConfig;
 use crate::im::recovery::{self, RecoveryError, Storage};
 use crate::log::{Options, Retention, Sync};
-
-/// A temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("imgate-durable-{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::testutil::TempDir;
 
 fn storage(dir: &Path, segment_bytes: u64, retention: Retention) -> Storage {
     Storage {
