@@ -55,7 +55,7 @@ mod websocket;
 use super::handoff::Handoff;
 use super::io::{Nb, OutQueue, recv_into};
 use super::owner_shard;
-use super::state::{ConnKey, ConnShared, Counter, Shard, TimerKey};
+use super::state::{ConnKey, ConnShared, Counter, HotCounters, Shard, TimerKey};
 use super::uplink::{Asker, Uplink, refusal, translate};
 use crate::delivery::ConvRef;
 use crate::delivery::TimerId;
@@ -278,7 +278,7 @@ impl Conn {
     /// One complete frame from the client, whatever carried it.
     #[inline]
     fn process_frame(&mut self, frame: Frame, now: Instant) -> Option<Exit> {
-        self.shard.metric(|m| m.frames_in += 1);
+        HotCounters::bump(&self.shard.hot.frames_in, 1);
         if frame.msg_type == MsgType::Request && frame.cmd != cmd::PING && !self.take_token(now) {
             self.shard.metric(|m| m.rate_limited += 1);
             let why = "too many requests; retry later";
@@ -618,7 +618,7 @@ impl Conn {
         };
         let written = before - out.bytes();
         self.shard.unqueued(written);
-        self.shard.metric(|m| m.bytes_out += written as u64);
+        HotCounters::bump(&self.shard.hot.bytes_out, written as u64);
         result
     }
 
@@ -648,7 +648,7 @@ impl Conn {
             Poll::Ready(Ok(n)) => n,
             Poll::Pending => return Poll::Pending,
         };
-        self.shard.metric(|m| m.bytes_in += n as u64);
+        HotCounters::bump(&self.shard.hot.bytes_in, n as u64);
         let Some(tls) = self.tls.as_deref_mut() else {
             return Poll::Ready(Wake::Gone);
         };
@@ -685,7 +685,7 @@ impl Conn {
             match recv_into(self.fd, &mut self.rbuf, need.max(READ_CHUNK)) {
                 Ok(Nb::Done(0)) | Err(_) => return Poll::Ready(Wake::Gone),
                 Ok(Nb::Done(n)) => {
-                    self.shard.metric(|m| m.bytes_in += n as u64);
+                    HotCounters::bump(&self.shard.hot.bytes_in, n as u64);
                     return Poll::Ready(Wake::Input);
                 }
                 Ok(Nb::WouldBlock) => {}
@@ -696,7 +696,7 @@ impl Conn {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Wake::Gone),
             Poll::Ready(Ok(n)) => {
                 self.rbuf.extend_from_slice(&chunk[..n]);
-                self.shard.metric(|m| m.bytes_in += n as u64);
+                HotCounters::bump(&self.shard.hot.bytes_in, n as u64);
                 Poll::Ready(Wake::Input)
             }
             Poll::Pending => Poll::Pending,
@@ -754,8 +754,8 @@ impl Conn {
             Exit::HandOff { owner, buffered } => {
                 // The LOGIN travels with the connection and is decoded, and counted, again by
                 // its owner.
-                self.shard
-                    .metric(|m| m.frames_in = m.frames_in.saturating_sub(1));
+                let frames_in = &self.shard.hot.frames_in;
+                frames_in.set(frames_in.get().saturating_sub(1));
                 // Answers to what came before the LOGIN go out on this shard first.
                 if !self.flush_for(CLOSE_FLUSH_TIME).await {
                     self.drop_output();

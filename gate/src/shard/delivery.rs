@@ -98,7 +98,7 @@ impl Shard {
         }
         match tracked {
             Ok(()) => {
-                self.metric(|m| m.pushes += 1);
+                super::state::HotCounters::bump(&self.hot.pushes, 1);
                 self.queue(conn, frame.clone());
             }
             Err(_) => {

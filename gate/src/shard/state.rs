@@ -281,6 +281,22 @@ impl PublishedStats {
     }
 }
 
+/// Per-frame counters (see `Shard::hot`).
+#[derive(Default)]
+pub(crate) struct HotCounters {
+    pub frames_in: Cell<u64>,
+    pub bytes_in: Cell<u64>,
+    pub frames_out: Cell<u64>,
+    pub bytes_out: Cell<u64>,
+    pub pushes: Cell<u64>,
+}
+
+impl HotCounters {
+    pub fn bump(counter: &Cell<u64>, n: u64) {
+        counter.set(counter.get() + n);
+    }
+}
+
 /// One shard's state.
 pub(crate) struct Shard {
     pub index: usize,
@@ -311,6 +327,9 @@ pub(crate) struct Shard {
     stats: Arc<PublishedStats>,
     /// Counters for `/metrics`: plain integers, copied out on scrape (`control`).
     metrics: RefCell<ShardMetrics>,
+    /// The counters bumped per frame or per delivery, as bare cells (no borrow flag on the
+    /// fan-out path); folded into the snapshot.
+    pub hot: HotCounters,
     /// Backend requests being timed for the latency histogram.
     pub latency: RefCell<LatencySampler>,
     /// `gate.drain_secs` in ms while draining (0 otherwise): KICK 2's `retry_after_ms` is spread
@@ -359,6 +378,7 @@ impl Shard {
                 ..ShardMetrics::default()
             }),
             latency: RefCell::default(),
+            hot: HotCounters::default(),
             drain_window_ms: Cell::new(0),
             rng: Cell::new(
                 0x2545_F491_4F6C_DD1D ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -414,7 +434,7 @@ impl Shard {
         }
         let queued = conn.push(frame, raw);
         self.outbound.set(self.outbound.get() + queued);
-        self.metrics.borrow_mut().frames_out += 1;
+        HotCounters::bump(&self.hot.frames_out, 1);
         self.schedule_flush(conn);
     }
 
@@ -422,7 +442,7 @@ impl Shard {
     pub fn queue_last(&self, conn: &ConnShared, frame: Bytes) {
         let queued = conn.push(frame, false);
         self.outbound.set(self.outbound.get() + queued);
-        self.metrics.borrow_mut().frames_out += 1;
+        HotCounters::bump(&self.hot.frames_out, 1);
         conn.wake();
     }
 
@@ -523,6 +543,12 @@ impl Shard {
     /// The metrics with the gauges filled in, for a scrape.
     pub fn metrics_snapshot(&self) -> ShardMetrics {
         let mut m = self.metrics.borrow().clone();
+        let hot = &self.hot;
+        m.frames_in += hot.frames_in.get();
+        m.bytes_in += hot.bytes_in.get();
+        m.frames_out += hot.frames_out.get();
+        m.bytes_out += hot.bytes_out.get();
+        m.pushes += hot.pushes.get();
         m.connections = self.connections() as u64;
         m.sessions = self.registry.borrow().len() as u64;
         m.outbound_bytes = self.outbound.get() as u64;
