@@ -418,3 +418,32 @@ fn handshake_not_finished_in_time_is_closed() {
     assert_eq!(handshakes(&gate, "ok"), 1.0);
     gate.stop();
 }
+
+#[test]
+fn a_full_gate_answers_tls_and_wss_clients_with_kick_2_after_the_handshake() {
+    let files = CertFiles::new();
+    let gate = TestGate::start_with(|c| {
+        with_tls(c, &files);
+        c.gate.shards = 1;
+        c.limits.max_connections = 1;
+        c.gate.peers = vec!["127.0.0.1:7998".into()];
+    });
+    let (_held, _) = tls_login(&gate, &files, 4900, "held");
+    let mut refused = tls_connect(&gate, &files);
+    // The first bytes (LOGIN) are what a full gate answers; the answer is the KICK, not a
+    // LoginResp.
+    assert!(refused.login(4901, "dev", "second").is_err());
+    let frames = refused.wait_closed(WAIT).expect("KICK 2, then closed");
+    let kick = support::assert_kick(frames.last().expect("a KICK"), 2);
+    assert_eq!(kick.reconnect_to, ["127.0.0.1:7998"]);
+    assert!(kick.retry_after_ms > 0);
+    match Client::connect_wss(gate.tls_addr(), SERVER_NAME, files.root(), "/ws") {
+        Ok(mut wss) => {
+            let frames = wss.wait_closed(WAIT).expect("KICK 2, then closed");
+            support::assert_kick(frames.last().expect("a KICK"), 2);
+            assert_eq!(wss.ws_close_code(), Some(1013));
+        }
+        Err(e) => panic!("a full gate still upgrades a wss client: {e}"),
+    }
+    gate.stop();
+}

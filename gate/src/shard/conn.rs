@@ -63,7 +63,7 @@ use crate::protocol::pb::{LoginReq, LoginResp};
 use crate::protocol::{Code, Frame, FrameDecoder, KickReason, MsgType, cmd, encode_frame};
 use crate::session::{Action, CloseWhy, ConnSession, LoggedIn, TokenBucket};
 use router::backend::{Origin, Request, Unavailable};
-use tls::Absorbed;
+pub(crate) use tls::Absorbed;
 pub(crate) use tls::TlsConn;
 use websocket::Transport;
 pub(crate) use websocket::{WsConn, capacity_answer};

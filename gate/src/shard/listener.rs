@@ -10,8 +10,10 @@
 //!
 //! With `gate.tls_listen` every shard has a second socket, bound the same way, and a second
 //! accept loop that gives each connection a fresh TLS layer (the shard's own copy of the server
-//! configuration) and a handshake deadline. A TLS connection the shard cannot take is closed at
-//! once: answering it would mean spending a handshake on a client that is being turned away.
+//! configuration) and a handshake deadline. A TLS connection the shard cannot take gets its
+//! handshake and then the same answer inside TLS (PROTOCOL.md: a full gate accepts and sends
+//! KICK 2), all within the login timeout: a handshake is the price of telling the client where
+//! to go instead of leaving it to retry here blindly.
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,7 +27,8 @@ use glommio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::StartError;
-use super::conn::{Arrival, TlsConn, capacity_answer, linger, serve};
+use super::conn::{Absorbed, Arrival, TlsConn, capacity_answer, linger, serve};
+use super::io::OutQueue;
 use super::state::Shard;
 use crate::config::{Settings, WsSettings};
 use crate::protocol::pb::Kick;
@@ -173,10 +176,6 @@ pub(crate) fn admit(shard: &Rc<Shard>, stream: TcpStream, arrival: Arrival) {
     // Frames are coalesced by the gate itself; Nagle would only add latency.
     let _ = stream.set_nodelay(true);
     if shard.at_capacity() || shard.stopping.get() {
-        if arrival.tls.is_some() {
-            // No KICK can reach it without a handshake; dropping the stream closes it.
-            return;
-        }
         let retry_after_ms = 1000 + (shard.random() % 4000) as u32;
         let kick = Kick {
             reason: KickReason::Draining.wire(),
@@ -189,7 +188,11 @@ pub(crate) fn admit(shard: &Rc<Shard>, stream: TcpStream, arrival: Arrival) {
             ws: shard.settings.ws.clone(),
             wait: shard.settings.login_timeout,
         };
-        glommio::spawn_local(refuse(stream, arrival, refusal)).detach();
+        if arrival.tls.is_some() {
+            glommio::spawn_local(refuse_tls(stream, arrival, refusal)).detach();
+        } else {
+            glommio::spawn_local(refuse(stream, arrival, refusal)).detach();
+        }
         return;
     }
     glommio::spawn_local(serve(Rc::clone(shard), stream, arrival)).detach();
@@ -229,4 +232,55 @@ async fn refuse(mut stream: TcpStream, mut arrival: Arrival, refusal: Refusal) {
     };
     let _ = futures_lite::AsyncWriteExt::write_all(&mut stream, &answer).await;
     linger(&mut stream, &mut arrival.buffered).await;
+}
+
+/// [`refuse`] on the TLS port: the handshake first (a full gate still answers as PROTOCOL.md
+/// says: it accepts and sends KICK 2), then the same answer inside TLS, `close_notify`, close.
+/// Bounded like the plain refusal: all of it within the login timeout.
+async fn refuse_tls(mut stream: TcpStream, mut arrival: Arrival, refusal: Refusal) {
+    use std::os::fd::AsRawFd;
+    let Some(mut tls) = arrival.tls.take() else {
+        return;
+    };
+    let fd = stream.as_raw_fd();
+    let exchange = async {
+        let mut out = OutQueue::default();
+        let mut chunk = [0u8; 4096];
+        loop {
+            // Handshake records (or an alert) first.
+            std::future::poll_fn(|cx| tls.poll_flush(&mut out, fd, &mut stream, cx)).await?;
+            if let Some(answer) = capacity_answer(&arrival, &refusal) {
+                out.push(answer);
+                // The answer goes into records before the close alert (rustls takes no data
+                // after close_notify).
+                std::future::poll_fn(|cx| tls.poll_flush(&mut out, fd, &mut stream, cx)).await?;
+                tls.close_notify();
+                std::future::poll_fn(|cx| tls.poll_flush(&mut out, fd, &mut stream, cx)).await?;
+                return Ok(true);
+            }
+            let n = futures_lite::AsyncReadExt::read(&mut stream, &mut chunk).await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            match tls.absorb(&chunk[..n], &mut arrival.buffered) {
+                Ok(Absorbed::Open) => {}
+                Ok(Absorbed::PeerClosed) => return Ok(false),
+                // A garbage hello: send the alert rustls queued, if any, and stop.
+                Err(_) => {
+                    let _ =
+                        std::future::poll_fn(|cx| tls.poll_flush(&mut out, fd, &mut stream, cx))
+                            .await;
+                    return Ok(false);
+                }
+            }
+        }
+    };
+    let answered: std::io::Result<bool> =
+        match glommio::timer::timeout(refusal.wait, async { Ok(exchange.await) }).await {
+            Ok(result) => result,
+            Err(_) => Ok(false),
+        };
+    if matches!(answered, Ok(true)) {
+        linger(&mut stream, &mut arrival.buffered).await;
+    }
 }
