@@ -177,9 +177,14 @@ impl GateControl {
     }
 }
 
-/// The shard side: runs commands as the bell rings; returns when a drain is asked for (or the
-/// admin side is gone, which is how a dropped `GateHandle` stops the gate).
-pub(crate) async fn serve(shard: Rc<Shard>, inbox: ControlInbox) {
+/// The shard side: runs commands as the bell rings, for as long as the shard runs (metrics stay
+/// readable during a drain); tells `drain` when a drain is asked for, or when the admin side is
+/// gone, which is how a dropped `GateHandle` stops the gate.
+pub(crate) async fn serve(
+    shard: Rc<Shard>,
+    inbox: ControlInbox,
+    drain: glommio::channels::local_channel::LocalSender<()>,
+) {
     use std::os::fd::{FromRawFd, IntoRawFd};
     // SAFETY: the fd is ours alone; the glommio wrapper takes over closing it.
     let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(inbox.bell.into_raw_fd()) };
@@ -189,7 +194,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, inbox: ControlInbox) {
             .await
             .unwrap_or(0);
         if n == 0 {
-            return; // The admin side is gone: stop.
+            // The admin side is gone: stop.
+            let _ = drain.try_send(());
+            return;
         }
         while let Ok(command) = inbox.commands.try_recv() {
             match command {
@@ -206,11 +213,13 @@ pub(crate) async fn serve(shard: Rc<Shard>, inbox: ControlInbox) {
                 } => {
                     let _ = reply.try_send(shard.kick_uid(uid, device_id.as_deref()));
                 }
-                Command::Drain => return,
+                Command::Drain => {
+                    let _ = drain.try_send(());
+                }
             }
         }
         if rings[..n].contains(&b'd') {
-            return;
+            let _ = drain.try_send(());
         }
     }
 }

@@ -526,8 +526,13 @@ async fn run_shard(ctx: ShardStart) {
             _ => plain.await,
         }
     };
-    // Commands from the admin plane run beside the connections until a drain is asked for.
-    let stopped = control::serve(Rc::clone(&shard), ctx.control);
+    // Commands from the admin plane run beside the connections (and on through the drain);
+    // the shard serves until a drain is asked for.
+    let (drain_tx, drain_rx) = glommio::channels::local_channel::new_bounded(1);
+    glommio::spawn_local(control::serve(Rc::clone(&shard), ctx.control, drain_tx)).detach();
+    let stopped = async {
+        let _ = drain_rx.recv().await;
+    };
     futures_lite::future::or(serving, stopped).await;
     // The listener is closed (dropped with `serving`); send everyone away with KICK 2, their
     // retry_after_ms spread over the drain window.
