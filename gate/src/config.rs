@@ -5,7 +5,7 @@
 //! [`Settings`] (durations, socket addresses, a resolved shard count) once at start, and each
 //! shard gets its own copy by value.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -677,22 +677,7 @@ impl Config {
     /// Checks every value and resolves defaults that depend on the host (shard count, gate id).
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let g = &self.gate;
-        let listen = g
-            .listen
-            .to_socket_addrs()
-            .map_err(|e| {
-                invalid(
-                    "gate.listen",
-                    format!("{:?} is not host:port ({e})", g.listen),
-                )
-            })?
-            .next()
-            .ok_or_else(|| {
-                invalid(
-                    "gate.listen",
-                    format!("{:?} resolves to no address", g.listen),
-                )
-            })?;
+        let listen = router::config::addr("gate.listen", &g.listen)?;
         let shards = match NonZeroUsize::new(g.shards) {
             Some(n) => n,
             None => std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
@@ -856,12 +841,7 @@ impl Config {
         }
         let admin_listen = match self.admin.listen.as_str() {
             "" => None,
-            text => Some(
-                text.to_socket_addrs()
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .ok_or_else(|| invalid("admin.listen", format!("{text:?} is not host:port")))?,
-            ),
+            text => Some(router::config::addr("admin.listen", text)?),
         };
         let gate_id = if g.id.is_empty() {
             format!("{}:{}", hostname(), listen.port())
@@ -956,17 +936,7 @@ fn validate_tls(g: &GateConfig, listen: SocketAddr) -> Result<Option<TlsSettings
     if g.tls_listen.is_empty() {
         return Ok(None);
     }
-    let tls_listen = g
-        .tls_listen
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| {
-            invalid(
-                "gate.tls_listen",
-                format!("{:?} is not host:port", g.tls_listen),
-            )
-        })?;
+    let tls_listen = router::config::addr("gate.tls_listen", &g.tls_listen)?;
     if tls_listen == listen && listen.port() != 0 {
         return Err(invalid(
             "gate.tls_listen",

@@ -8,21 +8,20 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gate::admin::promtext;
 use gate::client::{Client, ClientError, decode_body};
 use gate::config::{Config, ConfigError};
 use gate::protocol::{MsgType, cmd, encode_frame, pb};
-use gate::shard::{DeliveryObserver, owner_shard, shard_of_session};
+use gate::shard::{owner_shard, shard_of_session};
 use support::im::{SHARDS, SINGLE, ack, expect_push, send_text, uid_on};
-use support::{TestGate, WAIT, assert_alive, garbage, http, total};
+use support::{Delivered, TestGate, WAIT, assert_alive, garbage, http, total};
 
 /// The name the test certificates are made for.
 const SERVER_NAME: &str = "gate.test";
@@ -103,40 +102,6 @@ fn tls_login(
     let resp = client.login(uid, "dev", device).expect("LOGIN answered");
     assert_eq!(resp.code, 0, "login of uid {uid} refused: {resp:?}");
     (client, resp)
-}
-
-/// Delivered reports per (session, msg_id), as the backend would see them.
-#[derive(Default)]
-struct Delivered(Mutex<HashSet<(u64, u64)>>);
-
-impl DeliveryObserver for Delivered {
-    fn pushed(&self, _uid: u64, _session_id: u64, _msg_id: u64) {}
-    fn reported(&self, batch: &router::link::DeliveryReportBatch) {
-        let mut seen = self.0.lock().expect("ledger");
-        for report in &batch.reports {
-            for &id in &report.delivered {
-                seen.insert((report.session_id, id));
-            }
-        }
-    }
-}
-
-impl Delivered {
-    fn wait_for(&self, session_id: u64, msg_id: u64) {
-        let deadline = Instant::now() + WAIT;
-        while !self
-            .0
-            .lock()
-            .expect("ledger")
-            .contains(&(session_id, msg_id))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "msg {msg_id} never reported delivered for session {session_id:#x}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
 }
 
 /// `imgate_tls_handshakes_total{result}` summed over the shards, from the admin endpoint.

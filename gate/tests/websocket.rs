@@ -5,10 +5,9 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -16,9 +15,9 @@ use gate::client::{Client, decode_body};
 use gate::config::WebDemo;
 use gate::protocol::ws::{Opcode, accept_key, client_request, write_frame};
 use gate::protocol::{MsgType, cmd, encode_frame, pb};
-use gate::shard::{DeliveryObserver, owner_shard, shard_of_session};
+use gate::shard::{owner_shard, shard_of_session};
 use support::im::{SHARDS, SINGLE, ack, expect_push, send_text, uid_on};
-use support::{TestGate, WAIT, assert_alive, assert_error_response, assert_kick, total};
+use support::{Delivered, TestGate, WAIT, assert_alive, assert_error_response, assert_kick, total};
 
 const PROTOCOL_ERROR: u32 = 5;
 const BAD_REQUEST: u32 = 1;
@@ -120,40 +119,6 @@ fn a_tcp_and_a_websocket_client_of_one_user_get_the_same_push() {
         assert_alive(client);
     }
     gate.stop();
-}
-
-/// Delivered reports per (session, msg_id), as the backend would see them.
-#[derive(Default)]
-struct Delivered(Mutex<HashSet<(u64, u64)>>);
-
-impl DeliveryObserver for Delivered {
-    fn pushed(&self, _uid: u64, _session_id: u64, _msg_id: u64) {}
-    fn reported(&self, batch: &router::link::DeliveryReportBatch) {
-        let mut seen = self.0.lock().expect("ledger");
-        for report in &batch.reports {
-            for &id in &report.delivered {
-                seen.insert((report.session_id, id));
-            }
-        }
-    }
-}
-
-impl Delivered {
-    fn wait_for(&self, session_id: u64, msg_id: u64) {
-        let deadline = Instant::now() + WAIT;
-        while !self
-            .0
-            .lock()
-            .expect("ledger")
-            .contains(&(session_id, msg_id))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "msg {msg_id} never reported delivered for session {session_id:#x}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
 }
 
 #[test]

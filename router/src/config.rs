@@ -435,7 +435,9 @@ pub struct RouterSettings {
     pub log: LogSettings,
 }
 
-fn addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+/// `value` (host:port) resolved to its first address, or a refusal naming `key` (the gate's
+/// config uses it too).
+pub fn addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
         .to_socket_addrs()
         .map_err(|e| invalid(key, format!("{value:?} is not host:port ({e})")))?

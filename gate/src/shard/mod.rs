@@ -364,17 +364,9 @@ fn disable_transparent_huge_pages() {
 
 /// Starts the gate and runs it until SIGINT or SIGTERM.
 pub fn run(settings: Settings) -> Result<(), StartError> {
-    // Block the stop signals before any shard thread exists, so they inherit the mask and only
-    // this thread receives them, in sigwait.
-    // SAFETY: plain signal-set manipulation on values we own.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
+    // Before any shard thread exists, so they inherit the mask and only the signal thread
+    // receives SIGINT/SIGTERM, in sigwait.
+    let set = router::server::block_stop_signals();
     if !settings.huge_pages {
         disable_transparent_huge_pages();
     }

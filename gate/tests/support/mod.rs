@@ -791,3 +791,39 @@ pub mod im {
             .collect()
     }
 }
+
+/// Delivered reports per (session, msg_id), as the backend would see them (a
+/// [`gate::shard::DeliveryObserver`] for `TestGate::start_observed`).
+#[derive(Default)]
+pub struct Delivered(std::sync::Mutex<std::collections::HashSet<(u64, u64)>>);
+
+impl gate::shard::DeliveryObserver for Delivered {
+    fn pushed(&self, _uid: u64, _session_id: u64, _msg_id: u64) {}
+    fn reported(&self, batch: &router::link::DeliveryReportBatch) {
+        let mut seen = self.0.lock().expect("ledger");
+        for report in &batch.reports {
+            for &id in &report.delivered {
+                seen.insert((report.session_id, id));
+            }
+        }
+    }
+}
+
+impl Delivered {
+    /// Waits until `msg_id` is reported delivered for `session_id`, at most [`WAIT`].
+    pub fn wait_for(&self, session_id: u64, msg_id: u64) {
+        let deadline = Instant::now() + WAIT;
+        while !self
+            .0
+            .lock()
+            .expect("ledger")
+            .contains(&(session_id, msg_id))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "msg {msg_id} never reported delivered for session {session_id:#x}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}

@@ -250,7 +250,10 @@ impl EmbeddedShard {
                     {
                         work.push_back((partition, input));
                     }
-                    other => leaving.push(other),
+                    // Only a commit holds outputs back; otherwise they leave at once (no
+                    // buffer per cascade on the message path).
+                    other if self.sync_always => leaving.push(other),
+                    other => self.dispatch(other),
                 }
             }
         }

@@ -253,17 +253,24 @@ where
     })
 }
 
-/// Starts the router and runs it until SIGINT or SIGTERM.
-pub fn run(settings: RouterSettings) -> Result<(), StartError> {
-    // SAFETY: plain signal-set manipulation on values we own; blocked before any thread exists.
-    let set = unsafe {
+/// Blocks SIGINT and SIGTERM in the calling thread and returns the set, for `sigwait`. Called
+/// before any other thread exists, so every thread inherits the mask and only the waiting one
+/// receives them (the router's and the gate's `run`).
+pub fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-set manipulation on values we own.
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
-    };
+    }
+}
+
+/// Starts the router and runs it until SIGINT or SIGTERM.
+pub fn run(settings: RouterSettings) -> Result<(), StartError> {
+    let set = block_stop_signals();
     let handle = start(settings)?;
     // Listening and accepting: tell systemd (Type=notify), and keep its watchdog fed.
     if let Err(err) = crate::sdnotify::ready() {
