@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -66,9 +67,10 @@ pub(crate) fn peer_closed(fd: RawFd) -> bool {
     )
 }
 
-/// Most iovecs passed to one `sendmsg` (Linux's IOV_MAX is 1024; 64 frames already fill a
-/// loopback socket buffer with typical frames, and keep the array on the stack small).
-const IOVECS_PER_WRITE: usize = 64;
+/// Most iovecs passed to one `sendmsg`: Linux's IOV_MAX. A fan-out queues hundreds of small
+/// PUSHes per connection per loop turn; with 64 per call the gate made 15 times as many
+/// `sendmsg` calls and delivered 27 % less (3.03 → 4.16 M deliveries/s, 1,000 members).
+const IOVECS_PER_WRITE: usize = 1024;
 
 /// A connection's outbound buffers. Holds shared `Bytes` (never copied per recipient) and is
 /// written with one `sendmsg` per up to [`IOVECS_PER_WRITE`] of them. On a WebSocket
@@ -140,22 +142,21 @@ impl OutQueue {
     /// Writes as much as the socket takes without blocking. `Done(())` when the queue is empty.
     pub fn write_to(&mut self, fd: RawFd) -> io::Result<Nb<()>> {
         while !self.frames.is_empty() {
-            let mut iov = [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; IOVECS_PER_WRITE];
+            // Uninitialised: only the first `count` are written and passed (16 KiB of zeroing
+            // per call otherwise).
+            let mut iov = [const { MaybeUninit::<libc::iovec>::uninit() }; IOVECS_PER_WRITE];
             let mut count = 0;
             for (slot, frame) in iov.iter_mut().zip(self.frames.iter()) {
-                *slot = libc::iovec {
+                slot.write(libc::iovec {
                     iov_base: frame.as_ptr() as *mut _,
                     iov_len: frame.len(),
-                };
+                });
                 count += 1;
             }
-            // SAFETY: zeroed msghdr is valid (no name, no control); iov points at `count` live
-            // iovecs over buffers that outlive the call.
+            // SAFETY: zeroed msghdr is valid (no name, no control); iov points at `count`
+            // initialised iovecs over buffers that outlive the call.
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iov = iov.as_mut_ptr().cast::<libc::iovec>();
             msg.msg_iovlen = count;
             // MSG_NOSIGNAL: a peer that closed yields EPIPE, never SIGPIPE.
             let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
