@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use gate::delivery::{AckConfig, AckTracker, ConvRef};
+use gate::delivery::{AckConfig, AckTracker, ConvRef, OutFrame, SharedFrame};
 
 const CFG: AckConfig = AckConfig {
     ack_timeout: Duration::from_millis(5_000),
@@ -34,37 +34,45 @@ const CONV: ConvRef = ConvRef {
     conv_id: 42,
 };
 
-/// One encoded PUSH shared by every track, as a fan-out frame is.
-fn frame() -> Bytes {
-    Bytes::from(vec![0u8; 160])
+/// The PUSH frame of `msg_id`: 160 bytes, shared by every tracker it goes to, as a fan-out's
+/// frame is. Built outside the timed code where a benchmark tracks it in one session only (the
+/// gate builds a frame once per message and shard, not per track).
+fn frame(msg_id: u64, conv: ConvRef) -> SharedFrame {
+    OutFrame::push(Bytes::from_static(&[0u8; 160]), msg_id, conv)
 }
 
 fn burst(c: &mut Criterion) {
     let mut group = c.benchmark_group("ack/burst64_batched_ack");
     group.throughput(Throughput::Elements(64));
-    let frame = frame();
     let mut delivered = Vec::with_capacity(64);
 
     for (name, keep_one) in [("from_empty", false), ("warm", true)] {
         let t0 = Instant::now();
         let mut t = AckTracker::new();
         if keep_one {
-            t.track(0, CONV, frame.clone(), t0, &CFG).expect("room");
+            t.track(frame(0, CONV), t0, &CFG).expect("room");
         }
         let mut now = t0;
         // Msg ids only grow: each burst takes the next 64.
         let mut ids: Vec<u64> = (1..=64).collect();
         group.bench_function(name, |b| {
-            b.iter(|| {
-                now += Duration::from_micros(1);
-                ids.iter_mut().for_each(|id| *id += 64);
-                for &id in &ids {
-                    t.track(id, CONV, frame.clone(), now, &CFG).expect("room");
-                }
-                delivered.clear();
-                t.ack(black_box(&ids), &mut delivered);
-                black_box(delivered.len())
-            })
+            b.iter_batched(
+                || {
+                    ids.iter_mut().for_each(|id| *id += 64);
+                    let frames: Vec<SharedFrame> = ids.iter().map(|&id| frame(id, CONV)).collect();
+                    (frames, ids.clone())
+                },
+                |(frames, ids)| {
+                    now += Duration::from_micros(1);
+                    for f in frames {
+                        t.track(f, now, &CFG).expect("room");
+                    }
+                    delivered.clear();
+                    t.ack(black_box(&ids), &mut delivered);
+                    black_box(delivered.len())
+                },
+                BatchSize::SmallInput,
+            )
         });
         assert_eq!(t.len(), usize::from(keep_one));
     }
@@ -74,46 +82,55 @@ fn burst(c: &mut Criterion) {
 fn steady(c: &mut Criterion) {
     let mut group = c.benchmark_group("ack");
     group.throughput(Throughput::Elements(1));
-    let frame = frame();
     let t0 = Instant::now();
     let mut now = t0;
     let mut t = AckTracker::new();
     const WINDOW: u64 = 1_000;
     for id in 0..WINDOW {
-        t.track(id, CONV, frame.clone(), now, &CFG).expect("room");
+        t.track(frame(id, CONV), now, &CFG).expect("room");
     }
-    let mut next = WINDOW;
+    let next = std::cell::Cell::new(WINDOW);
     let mut delivered = Vec::with_capacity(1);
     group.bench_function("steady_1000_pending", |b| {
-        b.iter(|| {
-            now += Duration::from_micros(1);
-            t.track(next, CONV, frame.clone(), now, &CFG).expect("room");
-            delivered.clear();
-            t.ack(&[next - WINDOW], &mut delivered);
-            next += 1;
-            black_box(delivered.len())
-        })
+        b.iter_batched(
+            || frame(next.get(), CONV),
+            |f| {
+                now += Duration::from_micros(1);
+                t.track(f, now, &CFG).expect("room");
+                delivered.clear();
+                t.ack(&[next.get() - WINDOW], &mut delivered);
+                next.set(next.get() + 1);
+                black_box(delivered.len())
+            },
+            BatchSize::SmallInput,
+        )
     });
     assert_eq!(t.len(), WINDOW as usize);
 
     let mut t = AckTracker::new();
-    let mut id = 0u64;
+    let id = std::cell::Cell::new(0u64);
     group.bench_function("single_in_flight", |b| {
-        b.iter(|| {
-            now += Duration::from_micros(1);
-            id += 1;
-            t.track(id, CONV, frame.clone(), now, &CFG).expect("room");
-            delivered.clear();
-            t.ack(&[id], &mut delivered);
-            black_box(delivered.len())
-        })
+        b.iter_batched(
+            || {
+                id.set(id.get() + 1);
+                frame(id.get(), CONV)
+            },
+            |f| {
+                now += Duration::from_micros(1);
+                t.track(f, now, &CFG).expect("room");
+                delivered.clear();
+                t.ack(&[id.get()], &mut delivered);
+                black_box(delivered.len())
+            },
+            BatchSize::SmallInput,
+        )
     });
     assert!(t.is_empty());
     group.finish();
 }
 
-/// Fan-out's access pattern: `SESSIONS` trackers with about `WINDOW` PUSHes pending each (72 MB
-/// of state, far beyond the caches); each iteration tracks one message in every session, and
+/// Fan-out's access pattern: `SESSIONS` trackers with about `WINDOW` PUSHes pending each (24 MB
+/// of slots, beyond the caches); each iteration tracks one message in every session, and
 /// every 64 iterations each session ACKs its 64 oldest in one batch. Per PUSH.
 fn many_sessions(c: &mut Criterion) {
     const SESSIONS: usize = 1_000;
@@ -121,13 +138,13 @@ fn many_sessions(c: &mut Criterion) {
     const BATCH: u64 = 64;
     let mut group = c.benchmark_group("ack");
     group.throughput(Throughput::Elements(SESSIONS as u64));
-    let frame = frame();
     let t0 = Instant::now();
     let mut now = t0;
     let mut trackers: Vec<AckTracker> = (0..SESSIONS).map(|_| AckTracker::new()).collect();
     for id in 1..=WINDOW {
+        let f = frame(id, CONV);
         for t in &mut trackers {
-            t.track(id, CONV, frame.clone(), now, &CFG).expect("room");
+            t.track(f.clone(), now, &CFG).expect("room");
         }
     }
     let mut next = WINDOW + 1;
@@ -136,8 +153,10 @@ fn many_sessions(c: &mut Criterion) {
     group.bench_function("fanout_1000_sessions_1024_pending", |b| {
         b.iter(|| {
             now += Duration::from_micros(1);
+            // One frame per message, shared by every session (one allocation per 1,000 tracks).
+            let f = frame(next, CONV);
             for t in &mut trackers {
-                t.track(next, CONV, frame.clone(), now, &CFG).expect("room");
+                t.track(f.clone(), now, &CFG).expect("room");
             }
             if next.is_multiple_of(BATCH) {
                 batch.clear();
@@ -157,7 +176,6 @@ fn many_sessions(c: &mut Criterion) {
 fn timeout(c: &mut Criterion) {
     let mut group = c.benchmark_group("ack");
     group.throughput(Throughput::Elements(1_000));
-    let frame = frame();
     let t0 = Instant::now();
     let mut resend = Vec::with_capacity(1_000);
     let mut undelivered = Vec::new();
@@ -172,7 +190,7 @@ fn timeout(c: &mut Criterion) {
                         conv_type: 1,
                         conv_id: id % 7,
                     };
-                    t.track(id, conv, frame.clone(), t0, &CFG).expect("room");
+                    t.track(frame(id, conv), t0, &CFG).expect("room");
                 }
                 t
             },

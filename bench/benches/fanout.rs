@@ -1,19 +1,20 @@
 //! Criterion benchmark of a shard's per-recipient fan-out work, on virtual time: one message
-//! encoded once as a PUSH frame (`seq = 0`), then for each of 10,000 sessions the same `Bytes`
-//! tracked for its ACK (`AckTracker::track`) and queued (a `VecDeque<Bytes>` push, as the
-//! connection's outbound queue does), then every session ACKs it. The figure is per delivery:
+//! encoded once as a PUSH frame (`seq = 0`, one `SharedFrame`), then for each of 10,000 sessions
+//! the same frame tracked for its ACK (`AckTracker::track`) and queued on the connection's
+//! outbound queue (`OutQueue::push`), then every queue drained as after a `sendmsg` and every
+//! session ACKs it. The figure is per delivery:
 //! what the shard spends per recipient besides the socket write (which coalesces many frames per
 //! `sendmsg`; see the load generator for socket-level numbers).
 
-use std::collections::VecDeque;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gate::delivery::{AckConfig, AckTracker, ConvRef};
+use gate::delivery::{AckConfig, AckTracker, ConvRef, OutFrame};
 use gate::protocol::pb::PushMsg;
 use gate::protocol::{MsgType, cmd, encode_frame};
+use gate::shard::OutQueue;
 
 const SESSIONS: usize = 10_000;
 
@@ -24,8 +25,8 @@ fn fanout(c: &mut Criterion) {
         max_retries: 3,
         max_pending: 4096,
     };
-    let mut sessions: Vec<(AckTracker, VecDeque<Bytes>)> = (0..SESSIONS)
-        .map(|_| (AckTracker::default(), VecDeque::new()))
+    let mut sessions: Vec<(AckTracker, OutQueue)> = (0..SESSIONS)
+        .map(|_| (AckTracker::default(), OutQueue::default()))
         .collect();
     let conv = ConvRef {
         conv_type: 2,
@@ -53,13 +54,18 @@ fn fanout(c: &mut Criterion) {
                 server_time_ms: 1_764_201_600_000,
                 client_msg_id: msg_id,
             };
-            let frame = encode_frame(cmd::PUSH, MsgType::Notify, 0, 0, &push);
+            let frame = OutFrame::push(
+                encode_frame(cmd::PUSH, MsgType::Notify, 0, 0, &push),
+                msg_id,
+                conv,
+            );
             for (acks, queue) in sessions.iter_mut() {
-                let _ = acks.track(msg_id, conv, frame.clone(), t0, &cfg);
-                queue.push_back(frame.clone());
+                let _ = acks.track(frame.clone(), t0, &cfg);
+                queue.push(frame.clone());
             }
             for (acks, queue) in sessions.iter_mut() {
-                queue.clear();
+                // As after a sendmsg that took everything.
+                queue.advance(queue.bytes());
                 delivered.clear();
                 acks.ack(&[msg_id], &mut delivered);
             }

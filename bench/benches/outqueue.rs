@@ -1,19 +1,17 @@
 //! Criterion benchmark of a connection's outbound queue (`gate::shard::OutQueue`): one PUSH
 //! queued on 10,000 connections' queues, then every queue drained as after a `sendmsg` that
-//! took everything. On TCP the frame is queued as it is; on WebSocket it is preceded by its
-//! binary-message header, a static `Bytes` (`gate::protocol::ws::binary_header`), as
-//! `ConnShared::push` does: one more buffer per frame, never a copy of the frame.
+//! took everything. The frame is one `SharedFrame` for every queue; on WebSocket the queue
+//! sends it behind the binary-message header the frame carries (one more buffer, never a copy).
 //!
-//! The gate's allocator (mimalloc) is used, as in the gate: the figures are mostly allocation
-//! (a drained queue frees its buffer, the next push allocates it again).
+//! The gate's allocator (mimalloc) is used, as in the gate; a drained queue keeps its buffer
+//! (the gate gives it back when the connection is quiet).
 
-use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use gate::delivery::OutFrame;
 use gate::protocol::pb::PushMsg;
-use gate::protocol::ws::binary_header;
 use gate::protocol::{MsgType, cmd, encode_frame};
 use gate::shard::OutQueue;
 
@@ -34,7 +32,7 @@ fn outqueue(c: &mut Criterion) {
         server_time_ms: 1_764_201_600_000,
         client_msg_id: 1,
     };
-    let frame = encode_frame(cmd::PUSH, MsgType::Notify, 0, 0, &push);
+    let frame = OutFrame::frame(encode_frame(cmd::PUSH, MsgType::Notify, 0, 0, &push));
     let mut group = c.benchmark_group("outqueue");
     group
         .sample_size(20)
@@ -42,12 +40,12 @@ fn outqueue(c: &mut Criterion) {
     group.throughput(Throughput::Elements(SESSIONS as u64));
     for (name, websocket) in [("tcp_push_10k", false), ("websocket_push_10k", true)] {
         let mut queues: Vec<OutQueue> = (0..SESSIONS).map(|_| OutQueue::default()).collect();
+        if websocket {
+            queues.iter_mut().for_each(OutQueue::set_websocket);
+        }
         group.bench_function(name, |b| {
             b.iter(|| {
                 for queue in queues.iter_mut() {
-                    if black_box(websocket) {
-                        queue.push(binary_header(frame.len()));
-                    }
                     queue.push(frame.clone());
                 }
                 for queue in queues.iter_mut() {

@@ -415,6 +415,78 @@ fn fan_out_to_1000_members_across_two_shards_is_delivered_exactly_once() {
 }
 
 #[test]
+fn pipelined_group_messages_reach_every_member_once_and_in_order() {
+    // Pipelined SENDs are handled in few loop turns, so the shards fan them out in runs,
+    // session by session; single-chat messages in between break the runs. No resend can fire.
+    let (gate, ledger) = gate_with_ledger(|c| {
+        c.delivery.ack_timeout_ms = 60_000;
+        c.delivery.max_backoff_ms = 60_000;
+    });
+    let uids: Vec<u64> = (1..=60).map(|i| 20_000 + i).collect();
+    let mut clients = login_many(gate.addr(), &uids, "d");
+    let gid = create_group(&mut clients[0], "runs", &uids[1..]);
+    let bob = uids[1];
+    let seqs: Vec<(u32, bool)> = (0..300)
+        .map(|i| {
+            let single = i % 10 == 9;
+            let (conv_type, to) = if single {
+                (SINGLE, bob)
+            } else {
+                (support::im::GROUP, gid)
+            };
+            let req = send_req(conv_type, to, client_msg_id(), format!("m{i}").as_bytes());
+            let seq = clients[0].request(cmd::SEND, &req).expect("send SEND");
+            (seq, single)
+        })
+        .collect();
+    let (mut group_ids, mut bob_ids) = (Vec::new(), Vec::new());
+    for (seq, single) in seqs {
+        let frame = clients[0].recv_response(seq, WAIT).expect("SendResp");
+        let resp: pb::SendResp = gate::client::decode_body(&frame).expect("SendResp decodes");
+        assert_eq!(resp.code, 0, "{resp:?}");
+        if single {
+            bob_ids.push(resp.msg_id);
+        } else {
+            group_ids.push(resp.msg_id);
+        }
+    }
+    for (i, client) in clients.iter_mut().enumerate().skip(1) {
+        let expected = group_ids.len() + if i == 1 { bob_ids.len() } else { 0 };
+        let pushes = support::im::take_pushes(client, expected);
+        let in_group: Vec<u64> = pushes
+            .iter()
+            .filter(|p| p.conv_type == support::im::GROUP)
+            .map(|p| p.msg_id)
+            .collect();
+        assert_eq!(
+            in_group, group_ids,
+            "member {i}: every group message once, in order"
+        );
+        if i == 1 {
+            let single: Vec<u64> = pushes
+                .iter()
+                .filter(|p| p.conv_type == SINGLE)
+                .map(|p| p.msg_id)
+                .collect();
+            assert_eq!(single, bob_ids, "the single chat in order too");
+        }
+        if i % 13 == 1 {
+            support::im::assert_nothing_more(client);
+        }
+    }
+    let books = ledger.books();
+    let member_sessions = clients.len() - 1;
+    let group_pushes: usize = books
+        .pushed
+        .iter()
+        .filter(|((_, id), _)| group_ids.contains(id))
+        .map(|(_, n)| *n as usize)
+        .sum();
+    assert_eq!(group_pushes, group_ids.len() * member_sessions);
+    gate.stop();
+}
+
+#[test]
 fn with_a_flush_delay_pushes_wait_for_the_shards_flush_tick() {
     // 300 ms: the PUSH cannot arrive sooner (a slow machine only makes it later).
     let (gate, _ledger) = gate_with_ledger(|c| c.delivery.flush_delay_us = 300_000);

@@ -17,6 +17,7 @@
 //!   conversation within `notify_merge_ms` into one NOTIFY frame.
 
 pub mod ack;
+pub mod frame;
 pub mod notify;
 pub mod report;
 pub mod wheel;
@@ -24,6 +25,7 @@ pub mod wheel;
 use std::time::{Duration, Instant};
 
 pub use ack::{AckConfig, AckTracker, ConvRef, Full};
+pub use frame::{OutFrame, SharedFrame};
 pub use notify::{MAX_UPDATE_LEN, NotifyConfig, NotifyMerger};
 pub use report::{BatchConfig, ReportBatcher};
 pub use wheel::{TimerId, TimerWheel};

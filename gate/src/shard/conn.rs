@@ -48,6 +48,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
+use prost::Message;
 
 mod tls;
 mod websocket;
@@ -55,13 +56,13 @@ mod websocket;
 use super::handoff::Handoff;
 use super::io::{Nb, OutQueue, recv_into};
 use super::owner_shard;
-use super::state::{ConnKey, ConnShared, Counter, HotCounters, Shard, TimerKey};
+use super::state::{AckScratch, ConnKey, ConnShared, Counter, HotCounters, Shard, TimerKey};
 use super::uplink::{Asker, Uplink, refusal, translate};
 use crate::delivery::ConvRef;
 use crate::delivery::TimerId;
 use crate::protocol::pb::{LoginReq, LoginResp};
 use crate::protocol::{Code, Frame, FrameDecoder, KickReason, MsgType, cmd, encode_frame};
-use crate::session::{Action, CloseWhy, ConnSession, LoggedIn, TokenBucket};
+use crate::session::{Action, CloseWhy, ConnSession, LoggedIn, TokenBucket, error_frame};
 use router::backend::{Origin, Request, Unavailable};
 pub(crate) use tls::Absorbed;
 pub(crate) use tls::TlsConn;
@@ -332,11 +333,12 @@ impl Conn {
             &mut resend,
             &mut undelivered,
         );
-        // Quiet with nothing pending: give the tracker's memory back.
+        // Quiet with nothing pending: give the tracker's and the queue's memory back.
         self.shared.acks().release();
+        self.shared.out().release();
         self.shard.metric(|m| m.retries += resend.len() as u64);
         for frame in resend {
-            self.queue(frame);
+            self.shard.queue_shared(&self.shared, frame);
         }
         if let Some(who) = self.session.logged_in() {
             self.shard
@@ -406,13 +408,21 @@ impl Conn {
                     self.queue(refusal(command, log_id, seq, Code::BackendUnavailable, why));
                 }
             }
-            // Acknowledged PUSHes are reported delivered. (The retry engine, and the batching of
-            // these reports, come with the delivery engine.)
-            Uplink::Ack(ids) => {
-                let mut delivered = Vec::new();
-                self.shared.acks().ack(&ids, &mut delivered);
+            // Acknowledged PUSHes are reported delivered (batched by the shard's reporter).
+            Uplink::Ack(frame) => {
+                let mut scratch = self.shard.ack_scratch.borrow_mut();
+                let AckScratch { ack, delivered } = &mut *scratch;
+                ack.msg_ids.clear();
+                if ack.merge(frame.body.clone()).is_err() {
+                    drop(scratch);
+                    self.queue(error_frame(&frame, Code::BadRequest, "Ack does not decode"));
+                    return;
+                }
+                delivered.clear();
+                self.shared.acks().ack(&ack.msg_ids, delivered);
                 self.shard
-                    .report(who.uid, who.session_id, &delivered, &[], Instant::now());
+                    .report(who.uid, who.session_id, delivered, &[], Instant::now());
+                scratch.trim();
             }
             Uplink::Refuse(frame) => self.queue(frame),
         }

@@ -9,16 +9,16 @@
 //! or the tracker full), and each of those is reported exactly once.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use router::link;
 
 use super::state::{ConnKey, ConnShared, Shard, TimerKey};
 use crate::config::Settings;
 use crate::delivery::{
-    AckConfig, BatchConfig, ConvRef, MAX_UPDATE_LEN, NotifyConfig, NotifyMerger, ReportBatcher,
+    AckConfig, BatchConfig, MAX_UPDATE_LEN, NotifyConfig, NotifyMerger, ReportBatcher, SharedFrame,
     TimerId,
 };
 use crate::protocol::pb::ConvUpdate;
@@ -74,19 +74,12 @@ impl Shard {
     /// Queues a PUSH to one session, tracking it for its ACK. A session with
     /// `delivery.max_pending` PUSHes pending is a slow consumer: this one is reported
     /// undelivered at once and the session kicked (KICK 4).
-    pub fn push_tracked(
-        &self,
-        conn: &ConnShared,
-        msg_id: u64,
-        conv: ConvRef,
-        frame: &Bytes,
-        now: Instant,
-    ) {
-        let (uid, session_id) = (conn.uid(), conn.session_id());
+    pub fn push_tracked(&self, conn: &ConnShared, frame: &SharedFrame, now: Instant) {
+        let (uid, session_id, msg_id) = (conn.uid(), conn.session_id(), frame.msg_id());
         let tracked = {
             let mut acks = conn.acks();
             let was_empty = acks.is_empty();
-            let tracked = acks.track(msg_id, conv, frame.clone(), now, &self.delivery.ack);
+            let tracked = acks.track(Rc::clone(frame), now, &self.delivery.ack);
             if tracked.is_ok() && was_empty {
                 // Its deadline may be earlier than the connection's armed timer.
                 conn.request_rearm();
@@ -99,7 +92,7 @@ impl Shard {
         match tracked {
             Ok(()) => {
                 super::state::HotCounters::bump(&self.hot.pushes, 1);
-                self.queue(conn, frame.clone());
+                self.queue_shared(conn, Rc::clone(frame));
             }
             Err(_) => {
                 self.report(uid, session_id, &[], &[msg_id], now);

@@ -4,8 +4,23 @@
 //!
 //! Encode once, share everywhere: a PUSH is encoded once per point of view (a single chat has
 //! two: the recipient sees `conv_id = from`, the sender's other devices `conv_id = to`; a group
-//! has one) with `seq = 0`, and the same `Bytes` is queued to every connection.
+//! has one) with `seq = 0`, and the same frame is queued to every connection.
+//!
+//! Session-major fan-out: delivers are held until the shard's fan-out task runs, right after
+//! the task that produced them (the connection whose SENDs the embedded backend handled, or the
+//! link reader) yields, and before the woken connections flush. Then every run of consecutive
+//! group delivers with the same recipients is fanned out session by session: each session's
+//! registry entry, tracker and queue are reached once for the whole run instead of once per
+//! message, and its tracker and queue tails stay in cache while the run's PUSHes are appended.
+//! With a thousand members and hundreds of messages per loop turn, those per-session cache
+//! misses were most of the gate's own time per delivery. Other downlink first fans out what is
+//! held, so downlink keeps its order; replies are not held (PROTOCOL.md: clients order by
+//! msg_id, and a reply goes to the asking connection). At most [`MAX_HELD_DELIVERS`] are held:
+//! one more fans out the batch at once.
 
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -14,7 +29,7 @@ use router::backend::{Downlink, GateSink, Origin, Reply};
 use router::link;
 
 use super::state::{ConnKey, ConnShared, Shard};
-use crate::delivery::ConvRef;
+use crate::delivery::{ConvRef, OutFrame, SharedFrame};
 use crate::protocol::pb::{
     BizPush, BizResp, ConvUpdate, PullResp, PushMsg, ReadReceipt, Result as ResultBody, SendResp,
     SyncResp,
@@ -107,8 +122,14 @@ impl GateSink for Shard {
     }
 
     fn downlink(&self, downlink: Downlink) {
+        if let Downlink::Deliver(d) = downlink {
+            self.hold_deliver(d);
+            return;
+        }
+        // Other downlink keeps its order behind the delivers held so far.
+        self.fan_out_held();
         match downlink {
-            Downlink::Deliver(d) => self.deliver(d),
+            Downlink::Deliver(d) => self.deliver(&d, Instant::now()),
             Downlink::Notify(n) => {
                 let now = Instant::now();
                 for update in n.updates {
@@ -120,7 +141,7 @@ impl GateSink for Shard {
             }
             Downlink::ReadReceipt(r) => {
                 // At most two points of view: the reader's own devices and the other party.
-                let mut frames: [Option<(u64, Bytes)>; 2] = [None, None];
+                let mut frames: [Option<SharedFrame>; 2] = [None, None];
                 for &uid in &r.recipients {
                     let conv_id = match (r.conv_type, uid == r.reader) {
                         (router::conv::SINGLE, false) => r.reader,
@@ -135,15 +156,17 @@ impl GateSink for Shard {
                                 reader: r.reader,
                                 read_up_to: r.read_up_to,
                             };
-                            (
-                                conv_id,
-                                encode_frame(cmd::READ_RECEIPT, MsgType::Notify, 0, 0, &body),
-                            )
+                            OutFrame::frame(encode_frame(
+                                cmd::READ_RECEIPT,
+                                MsgType::Notify,
+                                0,
+                                0,
+                                &body,
+                            ))
                         })
-                        .1
                         .clone();
                     self.each_session(uid, r.exclude_session, |conn| {
-                        self.queue(conn, frame.clone())
+                        self.queue_shared(conn, frame.clone())
                     });
                 }
             }
@@ -167,13 +190,112 @@ impl GateSink for Shard {
     }
 }
 
+/// Delivers held for the fan-out task: beyond this many the batch is fanned out at once.
+pub(crate) const MAX_HELD_DELIVERS: usize = 4096;
+
+/// Delivers waiting for the shard's fan-out task, and its waker.
+#[derive(Default)]
+pub(crate) struct HeldDelivers {
+    delivers: Vec<link::Deliver>,
+    waker: Option<Waker>,
+}
+
+/// The shard's fan-out task: fans out the delivers held since it last ran (module doc).
+pub(crate) async fn run_fan_out(shard: Rc<Shard>) {
+    poll_fn(|cx| {
+        shard.fan_out_held();
+        let mut held = shard.held.borrow_mut();
+        if !held.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            held.waker = Some(cx.waker().clone());
+        }
+        Poll::<()>::Pending
+    })
+    .await
+}
+
+/// Whether `next` joins the run that `first` starts: group messages (one point of view) to
+/// the same recipients with the same excluded session.
+fn same_audience(first: &link::Deliver, next: &link::Deliver) -> bool {
+    let group = |d: &link::Deliver| {
+        d.msg
+            .as_ref()
+            .is_some_and(|m| m.conv_type != router::conv::SINGLE)
+    };
+    group(first)
+        && group(next)
+        && first.exclude_session == next.exclude_session
+        && first.recipients == next.recipients
+}
+
 impl Shard {
-    fn deliver(&self, d: link::Deliver) {
-        let Some(msg) = d.msg else { return };
+    /// Holds a deliver for the fan-out task (module doc).
+    fn hold_deliver(&self, d: link::Deliver) {
+        let mut held = self.held.borrow_mut();
+        held.delivers.push(d);
+        if held.delivers.len() == 1
+            && let Some(waker) = held.waker.take()
+        {
+            waker.wake();
+        }
+        let full = held.delivers.len() >= MAX_HELD_DELIVERS;
+        drop(held);
+        if full {
+            self.fan_out_held();
+        }
+    }
+
+    /// Fans out every held deliver, in order, runs to the same audience session by session.
+    pub(crate) fn fan_out_held(&self) {
+        let mut batch = {
+            let mut held = self.held.borrow_mut();
+            if held.delivers.is_empty() {
+                return;
+            }
+            std::mem::take(&mut held.delivers)
+        };
+        // Not borrowed while fanning out: a report flushed meanwhile may bring more downlink.
         let now = Instant::now();
+        let mut rest = &batch[..];
+        while let Some(first) = rest.first() {
+            let run = rest.iter().take_while(|d| same_audience(first, d)).count();
+            if run > 1 {
+                self.deliver_run(&rest[..run], now);
+            } else {
+                self.deliver(first, now);
+            }
+            rest = &rest[run.max(1)..];
+        }
+        batch.clear();
+        let mut held = self.held.borrow_mut();
+        if held.delivers.is_empty() {
+            // Keep the room for the next turn.
+            held.delivers = batch;
+        }
+    }
+
+    /// Group messages to one audience: every session takes the whole run at once.
+    fn deliver_run(&self, run: &[link::Deliver], now: Instant) {
+        let frames: Vec<SharedFrame> = run
+            .iter()
+            .filter_map(|d| d.msg.as_ref())
+            // A group has one point of view: any viewer.
+            .map(|msg| push_frame(msg, 0))
+            .collect();
+        let audience = &run[0];
+        for &uid in &audience.recipients {
+            self.each_session(uid, audience.exclude_session, |conn| {
+                for frame in &frames {
+                    self.push_tracked(conn, frame, now);
+                }
+            });
+        }
+    }
+
+    fn deliver(&self, d: &link::Deliver, now: Instant) {
+        let Some(msg) = &d.msg else { return };
         // Encoded lazily, once per point of view.
-        let mut for_recipient: Option<(ConvRef, Bytes)> = None;
-        let mut for_sender: Option<(ConvRef, Bytes)> = None;
+        let mut for_recipient: Option<SharedFrame> = None;
+        let mut for_sender: Option<SharedFrame> = None;
         for &uid in &d.recipients {
             let single = msg.conv_type == router::conv::SINGLE;
             let slot = if single && uid == msg.from && msg.from != msg.to {
@@ -181,18 +303,11 @@ impl Shard {
             } else {
                 &mut for_recipient
             };
-            let (conv, frame) = slot.get_or_insert_with(|| {
-                let push = push_msg(msg.clone(), uid);
-                let conv = ConvRef {
-                    conv_type: push.conv_type,
-                    conv_id: push.conv_id,
-                };
-                (conv, encode_frame(cmd::PUSH, MsgType::Notify, 0, 0, &push))
-            });
+            let frame = slot.get_or_insert_with(|| push_frame(msg, uid));
             // Borrowed: each session's tracker and queue take their own reference.
-            let (conv, frame) = (*conv, &*frame);
+            let frame = &*frame;
             self.each_session(uid, d.exclude_session, |conn| {
-                self.push_tracked(conn, msg.msg_id, conv, frame, now)
+                self.push_tracked(conn, frame, now)
             });
         }
     }
@@ -212,9 +327,9 @@ impl Shard {
             );
             return;
         }
-        let frame = encode_frame(cmd::BIZ_PUSH, MsgType::Notify, 0, 0, &body);
+        let frame = OutFrame::frame(encode_frame(cmd::BIZ_PUSH, MsgType::Notify, 0, 0, &body));
         for &uid in &b.recipients {
-            self.each_session(uid, 0, |conn| self.queue(conn, frame.clone()));
+            self.each_session(uid, 0, |conn| self.queue_shared(conn, frame.clone()));
         }
     }
 
@@ -245,6 +360,17 @@ impl Shard {
             }
         }
     }
+}
+
+/// The PUSH frame of a stored message as `viewer` sees it.
+fn push_frame(msg: &link::Msg, viewer: u64) -> SharedFrame {
+    let push = push_msg(msg.clone(), viewer);
+    let conv = ConvRef {
+        conv_type: push.conv_type,
+        conv_id: push.conv_id,
+    };
+    let bytes = encode_frame(cmd::PUSH, MsgType::Notify, 0, 0, &push);
+    OutFrame::push(bytes, msg.msg_id, conv)
 }
 
 /// A stored message as `viewer` sees it (PROTOCOL.md: `conv_id` is the other party in a single
@@ -285,5 +411,56 @@ fn kick_reason(wire: u32) -> KickReason {
         5 => KickReason::ProtocolError,
         6 => KickReason::IdleTimeout,
         _ => KickReason::Admin,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deliver(conv_type: u32, msg_id: u64, recipients: &[u64], exclude: u64) -> link::Deliver {
+        link::Deliver {
+            msg: Some(link::Msg {
+                msg_id,
+                conv_type,
+                to: 500,
+                from: 1,
+                ..Default::default()
+            }),
+            recipients: recipients.to_vec(),
+            exclude_session: exclude,
+        }
+    }
+
+    #[test]
+    fn only_group_messages_to_the_same_audience_share_a_run() {
+        let group = router::conv::GROUP;
+        let single = router::conv::SINGLE;
+        let first = deliver(group, 1, &[1, 2, 3], 9);
+        assert!(same_audience(&first, &deliver(group, 2, &[1, 2, 3], 9)));
+        // Another excluded session, other recipients, or a single chat (two points of view)
+        // start a new run.
+        assert!(!same_audience(&first, &deliver(group, 2, &[1, 2, 3], 8)));
+        assert!(!same_audience(&first, &deliver(group, 2, &[1, 2], 9)));
+        assert!(!same_audience(&first, &deliver(group, 2, &[1, 3, 2], 9)));
+        assert!(!same_audience(&first, &deliver(single, 2, &[1, 2, 3], 9)));
+        let chat = deliver(single, 1, &[1, 2], 0);
+        assert!(!same_audience(&chat, &deliver(single, 2, &[1, 2], 0)));
+        let empty = link::Deliver {
+            msg: None,
+            ..deliver(group, 1, &[1, 2, 3], 9)
+        };
+        assert!(!same_audience(&empty, &first));
+    }
+
+    #[test]
+    fn a_group_frame_names_the_group_for_every_viewer() {
+        let d = deliver(router::conv::GROUP, 7, &[1, 2], 0);
+        let msg = d.msg.as_ref().expect("has a message");
+        for viewer in [0, 1, 2] {
+            let frame = push_frame(msg, viewer);
+            assert_eq!(frame.msg_id(), 7);
+            assert_eq!(frame.conv().conv_id, 500);
+        }
     }
 }

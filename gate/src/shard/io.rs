@@ -12,7 +12,9 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
+
+use crate::delivery::SharedFrame;
 
 /// Outcome of a non-blocking syscall.
 pub enum Nb<T> {
@@ -72,21 +74,43 @@ pub(crate) fn peer_closed(fd: RawFd) -> bool {
 /// `sendmsg` calls and delivered 27 % less (3.03 → 4.16 M deliveries/s, 1,000 members).
 const IOVECS_PER_WRITE: usize = 1024;
 
-/// A connection's outbound buffers. Holds shared `Bytes` (never copied per recipient) and is
-/// written with one `sendmsg` per up to [`IOVECS_PER_WRITE`] of them. On a WebSocket
-/// connection each frame is preceded by its header as a buffer of its own (see
-/// `ConnShared::push`), so the frame is still the shared one. Bounded by the caller,
-/// which checks [`OutQueue::bytes`] against its limit before pushing.
+/// A connection's outbound frames. Holds [`SharedFrame`]s (a pointer each: a PUSH is one
+/// buffer for every recipient, never copied) and writes them with one `sendmsg` per up to
+/// [`IOVECS_PER_WRITE`] buffers. On a WebSocket connection each frame but a raw one goes out
+/// behind its binary-message header, a buffer of its own inside the shared frame, so framing
+/// copies nothing either. Bounded by the caller, which checks [`OutQueue::bytes`] against its
+/// limit before pushing.
+///
+/// Capacity is kept when the queue empties (a busy connection does not regrow it every loop
+/// turn); [`OutQueue::release`] gives it back once the connection is quiet.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<SharedFrame>,
+    /// Bytes of the front frame's wire form (header included) already written.
+    front_written: usize,
+    /// Queued wire bytes not yet written.
     bytes: usize,
+    /// Frames go out as WebSocket binary messages.
+    websocket: bool,
 }
 
 impl OutQueue {
-    pub fn push(&mut self, frame: Bytes) {
-        self.bytes += frame.len();
+    /// Queues `frame`; returns its bytes on the wire.
+    pub fn push(&mut self, frame: SharedFrame) -> usize {
+        let len = self.wire_len(&frame);
+        self.bytes += len;
         self.frames.push_back(frame);
+        len
+    }
+
+    /// What `frame` would add to [`Self::bytes`].
+    pub fn wire_len(&self, frame: &SharedFrame) -> usize {
+        frame.wire_len(self.websocket && !frame.is_raw())
+    }
+
+    /// From now on frames go out as WebSocket binary messages (set before any is queued).
+    pub fn set_websocket(&mut self) {
+        self.websocket = true;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -98,22 +122,51 @@ impl OutQueue {
         self.bytes
     }
 
-    /// Drops everything queued (a slow consumer's backlog before its KICK).
+    /// Drops everything queued (a slow consumer's backlog before its KICK) and its capacity.
     pub fn clear(&mut self) {
-        *self = Self::default();
+        self.frames = VecDeque::new();
+        self.front_written = 0;
+        self.bytes = 0;
     }
 
-    /// The unwritten part of the first frame, for the stream's own (waiting) write.
+    /// Gives the queue's capacity back if nothing is queued (the connection is quiet).
+    pub fn release(&mut self) {
+        if self.frames.is_empty() {
+            self.frames = VecDeque::new();
+        }
+    }
+
+    /// The unwritten buffers, in order, without empty ones.
+    fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        let websocket = self.websocket;
+        let mut skip = self.front_written;
+        self.frames
+            .iter()
+            .flat_map(move |frame| frame.wire(websocket && !frame.is_raw()))
+            .filter_map(move |piece| {
+                // Only the front frame's pieces are skipped: `skip` is below its wire length.
+                if skip >= piece.len() {
+                    skip -= piece.len();
+                    None
+                } else {
+                    let rest = &piece[skip..];
+                    skip = 0;
+                    Some(rest)
+                }
+            })
+    }
+
+    /// The first unwritten buffer, for the stream's own (waiting) write.
     pub fn front(&self) -> Option<&[u8]> {
-        self.frames.front().map(|b| &b[..])
+        self.pieces().next()
     }
 
     /// The queued buffers as `IoSlice`s, as many as `slices` holds; returns how many (for the
     /// TLS layer's vectored write into rustls).
     pub fn io_slices<'a>(&'a self, slices: &mut [std::io::IoSlice<'a>]) -> usize {
         let mut count = 0;
-        for (slot, frame) in slices.iter_mut().zip(self.frames.iter()) {
-            *slot = std::io::IoSlice::new(frame);
+        for (slot, piece) in slices.iter_mut().zip(self.pieces()) {
+            *slot = std::io::IoSlice::new(piece);
             count += 1;
         }
         count
@@ -123,19 +176,17 @@ impl OutQueue {
     pub fn advance(&mut self, mut n: usize) {
         self.bytes -= n;
         while n > 0 {
-            let Some(front) = self.frames.front_mut() else {
+            let Some(front) = self.frames.front() else {
                 break;
             };
-            if n < front.len() {
-                front.advance(n);
+            let left = self.wire_len(front) - self.front_written;
+            if n < left {
+                self.front_written += n;
                 return;
             }
-            n -= front.len();
+            n -= left;
+            self.front_written = 0;
             self.frames.pop_front();
-        }
-        if self.frames.is_empty() {
-            // An idle connection keeps no output capacity.
-            self.frames = VecDeque::new();
         }
     }
 
@@ -146,10 +197,10 @@ impl OutQueue {
             // per call otherwise).
             let mut iov = [const { MaybeUninit::<libc::iovec>::uninit() }; IOVECS_PER_WRITE];
             let mut count = 0;
-            for (slot, frame) in iov.iter_mut().zip(self.frames.iter()) {
+            for (slot, piece) in iov.iter_mut().zip(self.pieces()) {
                 slot.write(libc::iovec {
-                    iov_base: frame.as_ptr() as *mut _,
-                    iov_len: frame.len(),
+                    iov_base: piece.as_ptr() as *mut _,
+                    iov_len: piece.len(),
                 });
                 count += 1;
             }
@@ -177,33 +228,59 @@ impl OutQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::OutFrame;
+    use bytes::Bytes;
     use std::io::Read;
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
 
+    fn frame(bytes: impl Into<Bytes>) -> SharedFrame {
+        OutFrame::frame(bytes.into())
+    }
+
     #[test]
-    fn queue_writes_every_frame_in_order_and_releases_its_capacity() {
+    fn queue_writes_every_frame_in_order_and_keeps_its_capacity_until_released() {
         let (a, mut b) = UnixStream::pair().unwrap();
         let mut q = OutQueue::default();
         for i in 0..200u8 {
-            q.push(Bytes::from(vec![i; 3]));
+            q.push(frame(vec![i; 3]));
         }
         assert_eq!(q.bytes(), 600);
         assert!(matches!(q.write_to(a.as_raw_fd()).unwrap(), Nb::Done(())));
         assert!(q.is_empty());
         assert_eq!(q.bytes(), 0);
-        assert_eq!(q.frames.capacity(), 0);
         let mut got = vec![0u8; 600];
         b.read_exact(&mut got).unwrap();
         let want: Vec<u8> = (0..200u8).flat_map(|i| [i; 3]).collect();
+        assert_eq!(got, want);
+        assert!(
+            q.frames.capacity() >= 200,
+            "a busy queue keeps its capacity"
+        );
+        q.release();
+        assert_eq!(q.frames.capacity(), 0);
+    }
+
+    #[test]
+    fn more_frames_than_one_sendmsg_takes_all_go_out_in_order() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut q = OutQueue::default();
+        let count = IOVECS_PER_WRITE * 2 + 7;
+        for i in 0..count {
+            q.push(frame((i as u32).to_be_bytes().to_vec()));
+        }
+        assert!(matches!(q.write_to(a.as_raw_fd()).unwrap(), Nb::Done(())));
+        let mut got = vec![0u8; count * 4];
+        b.read_exact(&mut got).unwrap();
+        let want: Vec<u8> = (0..count as u32).flat_map(u32::to_be_bytes).collect();
         assert_eq!(got, want);
     }
 
     #[test]
     fn partial_writes_resume_mid_frame() {
         let mut q = OutQueue::default();
-        q.push(Bytes::from_static(b"hello"));
-        q.push(Bytes::from_static(b"world"));
+        q.push(frame(&b"hello"[..]));
+        q.push(frame(&b"world"[..]));
         q.advance(3);
         assert_eq!(q.front(), Some(&b"lo"[..]));
         q.advance(4);
@@ -212,11 +289,35 @@ mod tests {
     }
 
     #[test]
+    fn websocket_frames_go_out_behind_their_header_and_raw_bytes_as_they_are() {
+        let mut q = OutQueue::default();
+        q.set_websocket();
+        let raw = OutFrame::raw(Bytes::from_static(b"HTTP/1.1 101\r\n\r\n"));
+        assert_eq!(q.push(raw), 16);
+        assert_eq!(q.push(frame(vec![1u8; 30])), 32);
+        assert_eq!(q.push(frame(vec![2u8; 300])), 304);
+        assert_eq!(q.bytes(), 16 + 32 + 304);
+        // Written a byte at a time through the headers: every cut resumes where it stopped.
+        let mut wire = Vec::new();
+        while let Some(front) = q.front() {
+            wire.push(front[0]);
+            q.advance(1);
+        }
+        assert_eq!(q.bytes(), 0);
+        let mut want = b"HTTP/1.1 101\r\n\r\n".to_vec();
+        want.extend([0x82, 30]);
+        want.extend([1u8; 30]);
+        want.extend([0x82, 126, 1, 44]);
+        want.extend([2u8; 300]);
+        assert_eq!(wire, want);
+    }
+
+    #[test]
     fn full_socket_reports_would_block_and_keeps_the_rest() {
         let (a, _b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         let mut q = OutQueue::default();
-        let big = Bytes::from(vec![7u8; 64 * 1024]);
+        let big = frame(vec![7u8; 64 * 1024]);
         for _ in 0..64 {
             q.push(big.clone());
         }

@@ -250,7 +250,7 @@ async fn refuse_tls(mut stream: TcpStream, mut arrival: Arrival, refusal: Refusa
             // Handshake records (or an alert) first.
             std::future::poll_fn(|cx| tls.poll_flush(&mut out, fd, &mut stream, cx)).await?;
             if let Some(answer) = capacity_answer(&arrival, &refusal) {
-                out.push(answer);
+                out.push(crate::delivery::OutFrame::raw(answer));
                 // The answer goes into records before the close alert (rustls takes no data
                 // after close_notify).
                 std::future::poll_fn(|cx| tls.poll_flush(&mut out, fd, &mut stream, cx)).await?;

@@ -507,6 +507,7 @@ async fn run_shard(ctx: ShardStart) {
             }
         }
         glommio::spawn_local(timer::run_timer(Rc::clone(&shard))).detach();
+        glommio::spawn_local(downlink::run_fan_out(Rc::clone(&shard))).detach();
         let _ = ctx.ready.send(Ok(()));
         let plain = listener::accept_loop(Rc::clone(&shard), listener, None);
         match (tls_listener, shard.settings.tls.as_ref()) {

@@ -20,9 +20,8 @@ use super::io::OutQueue;
 use super::metrics::{LatencySampler, ShardMetrics};
 use crate::auth::Authenticator;
 use crate::config::Settings;
-use crate::delivery::{AckTracker, TimerId, TimerWheel};
+use crate::delivery::{AckTracker, OutFrame, SharedFrame, TimerId, TimerWheel};
 use crate::protocol::KickReason;
-use crate::protocol::ws::binary_header;
 use crate::session::Registry;
 
 /// A connection's slot in its shard's table; the generation makes a stale key (a timer that
@@ -80,34 +79,22 @@ pub(crate) struct ConnShared {
     key: Cell<ConnKey>,
     /// Queued output waits for the shard's flush tick (`delivery.flush_delay_us`).
     flush_scheduled: Cell<bool>,
-    /// Frames are framed as WebSocket binary messages.
-    websocket: Cell<bool>,
     /// 0 until logged in.
     uid: Cell<u64>,
     session_id: Cell<u64>,
 }
 
 impl ConnShared {
-    /// Queues a frame (or, `raw`, bytes to send as they are); returns the bytes queued. On a
-    /// WebSocket connection a frame is preceded by its binary-message header, a buffer of its
-    /// own (static up to 64 KiB), so the frame — one PUSH buffer for every recipient — is never
-    /// copied. Limits and when to wake the connection are the shard's business: see
-    /// [`Shard::queue`].
-    fn push(&self, bytes: Bytes, raw: bool) -> usize {
-        let mut out = self.out.borrow_mut();
-        let mut queued = bytes.len();
-        if !raw && self.websocket.get() {
-            let header = binary_header(bytes.len());
-            queued += header.len();
-            out.push(header);
-        }
-        out.push(bytes);
-        queued
+    /// Queues a frame; returns the bytes queued (on a WebSocket connection its header
+    /// included, see [`OutQueue`]). Limits and when to wake the connection are the shard's
+    /// business: see [`Shard::queue`].
+    fn push(&self, frame: SharedFrame) -> usize {
+        self.out.borrow_mut().push(frame)
     }
 
     /// From now on frames go out as WebSocket binary messages.
     pub fn set_websocket(&self) {
-        self.websocket.set(true);
+        self.out.borrow_mut().set_websocket();
     }
 
     /// The outbound queue, for the connection task to flush. Never held across an `.await`.
@@ -335,7 +322,34 @@ pub(crate) struct Shard {
     /// `gate.drain_secs` in ms while draining (0 otherwise): KICK 2's `retry_after_ms` is spread
     /// over it.
     pub drain_window_ms: Cell<u32>,
+    /// Delivers waiting for the fan-out task (`downlink.rs`).
+    pub held: RefCell<super::downlink::HeldDelivers>,
+    /// Decoding room for ACK frames, reused by every connection of the shard.
+    pub ack_scratch: RefCell<AckScratch>,
     rng: Cell<u64>,
+}
+
+/// Reused buffers for one ACK: its decoded msg_ids and the ones found pending. Borrowed only
+/// while one ACK is handled (never across an `.await`).
+#[derive(Default)]
+pub(crate) struct AckScratch {
+    pub ack: crate::protocol::pb::Ack,
+    pub delivered: Vec<u64>,
+}
+
+impl AckScratch {
+    /// Ids kept room for between ACKs; a larger ACK's room is given back.
+    const KEEP: usize = 4096;
+
+    /// Gives back the room an unusually large ACK took.
+    pub fn trim(&mut self) {
+        if self.ack.msg_ids.capacity() > Self::KEEP {
+            self.ack.msg_ids = Vec::new();
+        }
+        if self.delivered.capacity() > Self::KEEP {
+            self.delivered = Vec::new();
+        }
+    }
 }
 
 impl Shard {
@@ -380,6 +394,8 @@ impl Shard {
             latency: RefCell::default(),
             hot: HotCounters::default(),
             drain_window_ms: Cell::new(0),
+            held: RefCell::default(),
+            ack_scratch: RefCell::default(),
             rng: Cell::new(
                 0x2545_F491_4F6C_DD1D ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             ),
@@ -412,27 +428,31 @@ impl Shard {
     /// is a slow consumer: its backlog is dropped (its PUSHes are reported undelivered when it
     /// closes) and it is kicked (KICK 4).
     pub fn queue(&self, conn: &ConnShared, frame: Bytes) {
-        self.enqueue(conn, frame, false);
+        self.queue_shared(conn, OutFrame::frame(frame));
     }
 
     /// [`Shard::queue`] for bytes sent as they are, outside the frame stream (a WebSocket pong).
     pub fn queue_raw(&self, conn: &ConnShared, bytes: Bytes) {
-        self.enqueue(conn, bytes, true);
+        self.queue_shared(conn, OutFrame::raw(bytes));
     }
 
-    fn enqueue(&self, conn: &ConnShared, frame: Bytes, raw: bool) {
-        let len = frame.len();
+    /// [`Shard::queue`] for a frame shared with other connections (a PUSH, a read receipt).
+    pub fn queue_shared(&self, conn: &ConnShared, frame: SharedFrame) {
         let limits = &self.settings.limits;
-        let backlog = conn.out().bytes();
+        let mut out = conn.out();
+        let len = out.wire_len(&frame);
+        let backlog = out.bytes();
         if backlog + len > limits.outbound_bytes
             || self.outbound.get() + len > limits.shard_outbound_bytes
         {
-            conn.out().clear();
+            out.clear();
+            drop(out);
             self.unqueued(backlog);
             conn.request_kick(KickReason::SlowConsumer);
             return;
         }
-        let queued = conn.push(frame, raw);
+        let queued = out.push(frame);
+        drop(out);
         self.outbound.set(self.outbound.get() + queued);
         HotCounters::bump(&self.hot.frames_out, 1);
         self.schedule_flush(conn);
@@ -440,7 +460,7 @@ impl Shard {
 
     /// Queues a connection's last frames (ERROR, KICK, LOGOUT's answer) whatever the limits.
     pub fn queue_last(&self, conn: &ConnShared, frame: Bytes) {
-        let queued = conn.push(frame, false);
+        let queued = conn.push(OutFrame::frame(frame));
         self.outbound.set(self.outbound.get() + queued);
         HotCounters::bump(&self.hot.frames_out, 1);
         conn.wake();
@@ -449,7 +469,7 @@ impl Shard {
     /// [`Shard::queue_last`] for bytes sent as they are: the HTTP answer to an upgrade (before
     /// any frame), a refusal, a WebSocket close frame.
     pub fn queue_raw_last(&self, conn: &ConnShared, bytes: Bytes) {
-        let queued = conn.push(bytes, true);
+        let queued = conn.push(OutFrame::raw(bytes));
         self.outbound.set(self.outbound.get() + queued);
         conn.wake();
     }
@@ -637,6 +657,7 @@ mod tests {
     use bytes::BytesMut;
 
     use super::ConnShared;
+    use crate::delivery::OutFrame;
     use crate::protocol::ws::{Role, WsDecoder, WsEvent};
 
     /// The queued buffers, concatenated as `sendmsg` would write them.
@@ -655,12 +676,18 @@ mod tests {
     fn websocket_frames_get_a_header_of_their_own_and_stay_shared() {
         let shared = ConnShared::default();
         let http = bytes::Bytes::from_static(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
-        assert_eq!(shared.push(http.clone(), true), http.len());
+        assert_eq!(shared.push(OutFrame::raw(http.clone())), http.len());
         shared.set_websocket();
         let small = bytes::Bytes::from(vec![1u8; 30]);
         let large = bytes::Bytes::from(vec![2u8; 300]);
-        assert_eq!(shared.push(small.clone(), false), 32);
-        assert_eq!(shared.push(large.clone(), false), 304);
+        let shared_small = OutFrame::frame(small.clone());
+        assert_eq!(shared.push(shared_small.clone()), 32);
+        assert_eq!(shared.push(OutFrame::frame(large.clone())), 304);
+        assert_eq!(
+            std::rc::Rc::strong_count(&shared_small),
+            2,
+            "queued by reference"
+        );
         assert_eq!(shared.out().bytes(), http.len() + 32 + 304);
         let mut wire = wire(&shared);
         assert_eq!(&wire.split_to(http.len())[..], &http[..]);
@@ -678,7 +705,7 @@ mod tests {
     fn tcp_frames_go_out_as_they_are() {
         let shared = ConnShared::default();
         let frame = bytes::Bytes::from(vec![3u8; 40]);
-        assert_eq!(shared.push(frame.clone(), false), 40);
+        assert_eq!(shared.push(OutFrame::frame(frame.clone())), 40);
         assert_eq!(&wire(&shared)[..], &frame[..]);
     }
 }

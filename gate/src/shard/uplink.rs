@@ -8,7 +8,7 @@ use router::backend::Request;
 use router::link;
 
 use crate::protocol::pb::{
-    Ack, BizReq, BizResp, LoginResp, PullReq, PullResp, ReadReq, Result as ResultBody, SendReq,
+    BizReq, BizResp, LoginResp, PullReq, PullResp, ReadReq, Result as ResultBody, SendReq,
     SendResp, SyncResp,
 };
 use crate::protocol::{Code, Frame, MsgType, cmd, encode_frame};
@@ -25,8 +25,9 @@ const MAX_SYNC_CONVS: u32 = 1000;
 /// What to do with a message-path frame.
 pub(crate) enum Uplink {
     Submit(Request),
-    /// PUSHes the client acknowledged.
-    Ack(Vec<u64>),
+    /// PUSHes the client acknowledged: the ACK frame, whose body the connection decodes into
+    /// the shard's reused scratch (`Shard::ack_scratch`), so an ACK allocates nothing.
+    Ack(Frame),
     /// Answer now with this frame.
     Refuse(Bytes),
 }
@@ -109,10 +110,7 @@ pub(crate) fn translate(frame: Frame, who: &Asker) -> Uplink {
                 log_id,
             }))
         }
-        cmd::ACK => match Ack::decode(frame.body.clone()) {
-            Ok(ack) => Uplink::Ack(ack.msg_ids),
-            Err(_) => Uplink::Refuse(error_frame(&frame, Code::BadRequest, "Ack does not decode")),
-        },
+        cmd::ACK => Uplink::Ack(frame),
         _ => Uplink::Refuse(error_frame(&frame, Code::BadRequest, "unknown command")),
     }
 }

@@ -364,9 +364,10 @@ mod tests {
         let mut p = pair();
         p.handshake(usize::MAX);
         let mut out = OutQueue::default();
-        let frame = Bytes::from(vec![7u8; 10_000]);
+        // WebSocket-framed: each frame goes out as two buffers (its header, then the frame).
+        out.set_websocket();
+        let frame = crate::delivery::OutFrame::frame(Bytes::from(vec![7u8; 10_000]));
         for _ in 0..20 {
-            out.push(Bytes::from_static(&[0x82, 0x7e]));
             out.push(frame.clone());
         }
         let total = out.bytes();
@@ -379,6 +380,8 @@ mod tests {
             got.extend(p.server_to_client());
         }
         assert_eq!(got.len(), total);
+        let one: Vec<u8> = [&[0x82, 126, 0x27, 0x10][..], &[7u8; 10_000][..]].concat();
+        assert_eq!(got, one.repeat(20));
     }
 
     #[test]
