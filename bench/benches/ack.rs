@@ -14,6 +14,12 @@
 //!   batched ACKs of the 64 oldest (per PUSH).
 //! - `ack/timeout_resend_1000`: 1,000 PUSHes come due together; one `handle_timeout` resends
 //!   them all (per PUSH).
+//!
+//! A frame names its msg_id, so each message has its own (`OutFrame::push`, one `Rc`). Where a
+//! benchmark tracks a message in one session only (`burst64`, `steady`, `single`), the figure
+//! includes building that frame and freeing it when its ACK comes, as a single chat's PUSH
+//! costs; where many sessions share it (`fanout_1000_sessions`), one frame per message is
+//! built, as the gate does per message and shard.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -34,9 +40,7 @@ const CONV: ConvRef = ConvRef {
     conv_id: 42,
 };
 
-/// The PUSH frame of `msg_id`: 160 bytes, shared by every tracker it goes to, as a fan-out's
-/// frame is. Built outside the timed code where a benchmark tracks it in one session only (the
-/// gate builds a frame once per message and shard, not per track).
+/// The 160-byte PUSH frame of `msg_id`.
 fn frame(msg_id: u64, conv: ConvRef) -> SharedFrame {
     OutFrame::push(Bytes::from_static(&[0u8; 160]), msg_id, conv)
 }
@@ -56,23 +60,16 @@ fn burst(c: &mut Criterion) {
         // Msg ids only grow: each burst takes the next 64.
         let mut ids: Vec<u64> = (1..=64).collect();
         group.bench_function(name, |b| {
-            b.iter_batched(
-                || {
-                    ids.iter_mut().for_each(|id| *id += 64);
-                    let frames: Vec<SharedFrame> = ids.iter().map(|&id| frame(id, CONV)).collect();
-                    (frames, ids.clone())
-                },
-                |(frames, ids)| {
-                    now += Duration::from_micros(1);
-                    for f in frames {
-                        t.track(f, now, &CFG).expect("room");
-                    }
-                    delivered.clear();
-                    t.ack(black_box(&ids), &mut delivered);
-                    black_box(delivered.len())
-                },
-                BatchSize::SmallInput,
-            )
+            b.iter(|| {
+                now += Duration::from_micros(1);
+                ids.iter_mut().for_each(|id| *id += 64);
+                for &id in &ids {
+                    t.track(frame(id, CONV), now, &CFG).expect("room");
+                }
+                delivered.clear();
+                t.ack(black_box(&ids), &mut delivered);
+                black_box(delivered.len())
+            })
         });
         assert_eq!(t.len(), usize::from(keep_one));
     }
@@ -89,41 +86,31 @@ fn steady(c: &mut Criterion) {
     for id in 0..WINDOW {
         t.track(frame(id, CONV), now, &CFG).expect("room");
     }
-    let next = std::cell::Cell::new(WINDOW);
+    let mut next = WINDOW;
     let mut delivered = Vec::with_capacity(1);
     group.bench_function("steady_1000_pending", |b| {
-        b.iter_batched(
-            || frame(next.get(), CONV),
-            |f| {
-                now += Duration::from_micros(1);
-                t.track(f, now, &CFG).expect("room");
-                delivered.clear();
-                t.ack(&[next.get() - WINDOW], &mut delivered);
-                next.set(next.get() + 1);
-                black_box(delivered.len())
-            },
-            BatchSize::SmallInput,
-        )
+        b.iter(|| {
+            now += Duration::from_micros(1);
+            t.track(frame(next, CONV), now, &CFG).expect("room");
+            delivered.clear();
+            t.ack(&[next - WINDOW], &mut delivered);
+            next += 1;
+            black_box(delivered.len())
+        })
     });
     assert_eq!(t.len(), WINDOW as usize);
 
     let mut t = AckTracker::new();
-    let id = std::cell::Cell::new(0u64);
+    let mut id = 0u64;
     group.bench_function("single_in_flight", |b| {
-        b.iter_batched(
-            || {
-                id.set(id.get() + 1);
-                frame(id.get(), CONV)
-            },
-            |f| {
-                now += Duration::from_micros(1);
-                t.track(f, now, &CFG).expect("room");
-                delivered.clear();
-                t.ack(&[id.get()], &mut delivered);
-                black_box(delivered.len())
-            },
-            BatchSize::SmallInput,
-        )
+        b.iter(|| {
+            now += Duration::from_micros(1);
+            id += 1;
+            t.track(frame(id, CONV), now, &CFG).expect("room");
+            delivered.clear();
+            t.ack(&[id], &mut delivered);
+            black_box(delivered.len())
+        })
     });
     assert!(t.is_empty());
     group.finish();
@@ -153,7 +140,7 @@ fn many_sessions(c: &mut Criterion) {
     group.bench_function("fanout_1000_sessions_1024_pending", |b| {
         b.iter(|| {
             now += Duration::from_micros(1);
-            // One frame per message, shared by every session (one allocation per 1,000 tracks).
+            // One frame per message, shared by every session.
             let f = frame(next, CONV);
             for t in &mut trackers {
                 t.track(f.clone(), now, &CFG).expect("room");
