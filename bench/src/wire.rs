@@ -54,7 +54,15 @@ impl std::fmt::Display for BodyParseError {
 impl std::error::Error for BodyParseError {}
 
 /// Reads a varint at `*at`, advancing it.
+#[inline]
 fn varint(buf: &[u8], at: &mut usize) -> Result<u64, BodyParseError> {
+    // One byte: most tags, lengths and small values.
+    if let Some(&byte) = buf.get(*at)
+        && byte < 0x80
+    {
+        *at += 1;
+        return Ok(u64::from(byte));
+    }
     let mut value = 0u64;
     for shift in 0..10 {
         let Some(&byte) = buf.get(*at) else {
@@ -154,6 +162,9 @@ pub struct PushView {
 /// has the id and the body (prost writes them in field order, so the fields after `body` —
 /// `server_time_ms`, `client_msg_id` — are not read).
 pub fn push_view(body: &[u8]) -> Result<PushView, BodyParseError> {
+    if let Some(view) = push_view_in_field_order(body) {
+        return Ok(view);
+    }
     let mut view = PushView {
         msg_id: 0,
         from: 0,
@@ -179,6 +190,40 @@ pub fn push_view(body: &[u8]) -> Result<PushView, BodyParseError> {
         return Err(BodyParseError::NoMsgId);
     }
     Ok(view)
+}
+
+/// [`push_view`]'s fast path, for the layout prost writes (fields in number order, one-byte
+/// tags): reads fields 1 and 4, skips the other varints, and stops at the body (field 7). The
+/// load tool reads every PUSH, so this is on its hottest path. `None` for anything else (the
+/// general path then decides).
+#[inline]
+fn push_view_in_field_order(body: &[u8]) -> Option<PushView> {
+    let mut view = PushView {
+        msg_id: 0,
+        from: 0,
+        stamp: None,
+    };
+    let mut at = 0;
+    while let Some(&tag) = body.get(at) {
+        at += 1;
+        match tag {
+            0x08 => view.msg_id = varint(body, &mut at).ok()?,
+            0x20 => view.from = varint(body, &mut at).ok()?,
+            // conv_type, conv_id, to, content_type: skipped.
+            0x10 | 0x18 | 0x28 | 0x30 => {
+                let end = body[at..].iter().position(|&b| b < 0x80)?;
+                at += end + 1;
+            }
+            0x3A => {
+                let len = usize::try_from(varint(body, &mut at).ok()?).ok()?;
+                let bytes = body.get(at..at.checked_add(len)?)?;
+                view.stamp = read_stamp(bytes);
+                return (view.msg_id != 0).then_some(view);
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// `SendResp.code` (field 1) and `msg_id` (field 2); the message text is skipped.
@@ -287,6 +332,19 @@ pub fn varint_field(body: &[u8], field: u64) -> Result<Option<u64>, BodyParseErr
 fn varint_len(v: u64) -> usize {
     // 1 byte per started group of 7 bits; 0 takes one byte.
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Writes `v` as a varint at the start of `out` (at least 10 bytes); returns its length.
+#[inline]
+fn write_varint(out: &mut [u8], mut v: u64) -> usize {
+    let mut n = 0;
+    while v >= 0x80 {
+        out[n] = (v as u8) | 0x80; // low 7 bits, truncation intended
+        v >>= 7;
+        n += 1;
+    }
+    out[n] = v as u8; // < 0x80
+    n + 1
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -415,11 +473,14 @@ impl AckBatch {
         let body = 1 + varint_len(packed as u64) + packed;
         out.reserve(HEADER_LEN + body);
         put_header(out, cmd::ACK, MsgType::Notify, 0, 0, body as u32);
-        out.push(0x0A);
-        put_varint(out, packed as u64);
+        // Encoded on the stack and appended once (a push per byte checked capacity each time).
+        let mut encoded = [0u8; 3 + 10 * ACK_BATCH];
+        encoded[0] = 0x0A;
+        let mut at = 1 + write_varint(&mut encoded[1..], packed as u64);
         for &id in ids {
-            put_varint(out, id);
+            at += write_varint(&mut encoded[at..], id);
         }
+        out.extend_from_slice(&encoded[..at]);
         self.len = 0;
     }
 }
@@ -634,6 +695,32 @@ mod tests {
                 assert_eq!(out, want.to_vec(), "cmid {cmid}");
             }
         }
+    }
+
+    #[test]
+    fn push_view_reads_fields_in_any_order_and_skips_unknown_ones() {
+        let stamp = 42u64.to_le_bytes();
+        // Body (7) first, then an unknown fixed32 field 20, from (4) and msg_id (1): the fast
+        // path gives up, the general one reads it.
+        let mut body = vec![0x3A, 8];
+        body.extend_from_slice(&stamp);
+        body.extend_from_slice(&[0xA5, 0x01, 1, 2, 3, 4]);
+        body.extend_from_slice(&[0x20, 7, 0x08, 0x96, 0x01]);
+        assert_eq!(push_view_in_field_order(&body), None);
+        assert_eq!(
+            push_view(&body),
+            Ok(PushView {
+                msg_id: 150,
+                from: 7,
+                stamp: Some(42)
+            })
+        );
+        // In field order, the fast path reads the same.
+        let mut ordered = vec![
+            0x08, 0x96, 0x01, 0x10, 2, 0x18, 0xE8, 0x07, 0x20, 7, 0x3A, 8,
+        ];
+        ordered.extend_from_slice(&stamp);
+        assert_eq!(push_view_in_field_order(&ordered), push_view(&body).ok());
     }
 
     #[test]
