@@ -210,6 +210,9 @@ struct Inner {
     /// deque's tail is cold when a fan-out comes back to this session).
     back_msg_id: u64,
     back_deadline: Option<u64>,
+    /// The last `track`'s `now` and the first-send deadline computed from it: a fan-out tracks
+    /// a run of PUSHes at one `now`, and the deadline arithmetic was a tenth of a track.
+    last_track: Option<(Instant, u64)>,
     /// Entries resent at least once (the rare path).
     retrying: IdMap<u64, Pending>,
     /// The FIFO of each level, indexed by level, grown on demand.
@@ -231,6 +234,7 @@ impl Inner {
             max_tracked: 0,
             back_msg_id: 0,
             back_deadline: None,
+            last_track: None,
             retrying: IdMap::default(),
             levels: Vec::new(),
             due: Vec::new(),
@@ -256,6 +260,13 @@ impl Inner {
 
     /// The slot of the live first send `msg_id`, if there is one.
     fn find_fresh(&mut self, msg_id: u64) -> Option<usize> {
+        // The usual case: the ACK names the slot at the hint.
+        if let Some(e) = self.fresh.get(self.hint)
+            && e.msg_id == msg_id
+            && e.is_live()
+        {
+            return Some(self.hint);
+        }
         let len = self.fresh.len();
         let start = self.hint.min(len);
         let window = start..(start + HINT_WINDOW).min(len);
@@ -406,7 +417,14 @@ impl AckTracker {
         if inner.len() >= cfg.max_pending {
             return Err(full);
         }
-        let at = inner.nanos(later(now, cfg.backoff(0)));
+        let at = match inner.last_track {
+            Some((at_now, at)) if at_now == now => at,
+            _ => {
+                let at = inner.nanos(later(now, cfg.backoff(0)));
+                inner.last_track = Some((now, at));
+                at
+            }
+        };
         let deadline = inner.back_deadline.map_or(at, |last| last.max(at));
         if inner.back_deadline.is_some() && inner.back_msg_id >= msg_id {
             inner.fresh_sorted = false;

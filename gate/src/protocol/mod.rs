@@ -42,5 +42,47 @@ pub mod cmd {
 /// Default `max_frame`, and the limit clients assume before LOGIN tells them the gate's own.
 pub const DEFAULT_MAX_FRAME: u32 = 65_536;
 
+/// The msg_ids of an `Ack` body, appended to `ids`. Every ACK of a fan-out passes here, so the
+/// usual encoding — one packed field 1, as proto3 writes a repeated integer — is read in one
+/// tight loop; anything else (unpacked ids, several fields, unknown fields) goes through prost.
+/// On error `ids` may hold part of the body's ids.
+pub fn decode_ack_ids(body: &[u8], ids: &mut Vec<u64>) -> Result<(), prost::DecodeError> {
+    if let Some(packed) = single_packed_field(body) {
+        let start = ids.len();
+        let mut rest = packed;
+        let mut whole = true;
+        while !rest.is_empty() {
+            match prost::encoding::decode_varint(&mut rest) {
+                Ok(id) => ids.push(id),
+                Err(_) => {
+                    whole = false;
+                    break;
+                }
+            }
+        }
+        if whole {
+            return Ok(());
+        }
+        // prost's own walk below reports what is wrong.
+        ids.truncate(start);
+    }
+    let mut ack = pb::Ack {
+        msg_ids: std::mem::take(ids),
+    };
+    let merged = prost::Message::merge(&mut ack, body);
+    *ids = ack.msg_ids;
+    merged
+}
+
+/// The payload of `body` when it is exactly one length-delimited field 1 (tag 0x0A).
+fn single_packed_field(body: &[u8]) -> Option<&[u8]> {
+    let (&tag, mut rest) = body.split_first()?;
+    if tag != 0x0A {
+        return None;
+    }
+    let len = prost::encoding::decode_varint(&mut rest).ok()?;
+    (u64::try_from(rest.len()).ok()? == len).then_some(rest)
+}
+
 #[cfg(test)]
 mod tests;

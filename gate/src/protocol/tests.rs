@@ -889,3 +889,34 @@ fn mutated_streams_never_panic_or_overbuffer() {
         let _ = fuzz_drive(&decoder, &wire, &mut rng, hinted);
     }
 }
+
+#[test]
+fn ack_ids_decode_packed_unpacked_and_mixed_bodies_alike() {
+    let ids = vec![1u64, 300, 1 << 40, u64::MAX, 7];
+    let packed = pb::Ack {
+        msg_ids: ids.clone(),
+    }
+    .encode_to_vec();
+    assert_eq!(packed[0], 0x0A, "prost packs a repeated integer");
+    let decode = |body: &[u8]| {
+        let mut got = vec![99];
+        super::decode_ack_ids(body, &mut got).map(|()| got)
+    };
+    let mut want = vec![99];
+    want.extend(&ids);
+    assert_eq!(decode(&packed), Ok(want.clone()));
+    // Unpacked (tag 0x08 per id), and packed followed by an unknown field: the prost path.
+    let mut unpacked = Vec::new();
+    for &id in &ids {
+        unpacked.push(0x08);
+        prost::encoding::encode_varint(id, &mut unpacked);
+    }
+    assert_eq!(decode(&unpacked), Ok(want.clone()));
+    let mut extra = packed.clone();
+    extra.extend([0x10, 5]);
+    assert_eq!(decode(&extra), Ok(want));
+    assert_eq!(decode(&[]), Ok(vec![99]));
+    // A packed run cut inside a varint, or a length past the end, is an error.
+    assert!(decode(&[0x0A, 2, 0x80, 0x80]).is_err());
+    assert!(decode(&[0x0A, 5, 1]).is_err());
+}

@@ -48,7 +48,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
-use prost::Message;
 
 mod tls;
 mod websocket;
@@ -61,7 +60,9 @@ use super::uplink::{Asker, Uplink, refusal, translate};
 use crate::delivery::ConvRef;
 use crate::delivery::TimerId;
 use crate::protocol::pb::{LoginReq, LoginResp};
-use crate::protocol::{Code, Frame, FrameDecoder, KickReason, MsgType, cmd, encode_frame};
+use crate::protocol::{
+    Code, Frame, FrameDecoder, KickReason, MsgType, cmd, decode_ack_ids, encode_frame,
+};
 use crate::session::{Action, CloseWhy, ConnSession, LoggedIn, TokenBucket, error_frame};
 use router::backend::{Origin, Request, Unavailable};
 pub(crate) use tls::Absorbed;
@@ -411,15 +412,15 @@ impl Conn {
             // Acknowledged PUSHes are reported delivered (batched by the shard's reporter).
             Uplink::Ack(frame) => {
                 let mut scratch = self.shard.ack_scratch.borrow_mut();
-                let AckScratch { ack, delivered } = &mut *scratch;
-                ack.msg_ids.clear();
-                if ack.merge(frame.body.clone()).is_err() {
+                let AckScratch { ids, delivered } = &mut *scratch;
+                ids.clear();
+                if decode_ack_ids(&frame.body, ids).is_err() {
                     drop(scratch);
                     self.queue(error_frame(&frame, Code::BadRequest, "Ack does not decode"));
                     return;
                 }
                 delivered.clear();
-                self.shared.acks().ack(&ack.msg_ids, delivered);
+                self.shared.acks().ack(ids, delivered);
                 self.shard
                     .report(who.uid, who.session_id, delivered, &[], Instant::now());
                 scratch.trim();

@@ -196,14 +196,15 @@ impl OutQueue {
             // Uninitialised: only the first `count` are written and passed (16 KiB of zeroing
             // per call otherwise).
             let mut iov = [const { MaybeUninit::<libc::iovec>::uninit() }; IOVECS_PER_WRITE];
-            let mut count = 0;
-            for (slot, piece) in iov.iter_mut().zip(self.pieces()) {
-                slot.write(libc::iovec {
-                    iov_base: piece.as_ptr() as *mut _,
-                    iov_len: piece.len(),
-                });
-                count += 1;
-            }
+            let count = if self.websocket {
+                fill(&mut iov, self.pieces())
+            } else {
+                // TCP: one buffer per frame, the front one less what was written (the general
+                // `pieces` walk was 4 % of a fan-out).
+                let mut frames = self.frames.iter().map(|frame| &frame.bytes()[..]);
+                let front = frames.next().map(|bytes| &bytes[self.front_written..]);
+                fill(&mut iov, front.into_iter().chain(frames))
+            };
             // SAFETY: zeroed msghdr is valid (no name, no control); iov points at `count`
             // initialised iovecs over buffers that outlive the call.
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -223,6 +224,19 @@ impl OutQueue {
         }
         Ok(Nb::Done(()))
     }
+}
+
+/// Writes an iovec for each of `pieces` into `iov`, as many as fit; returns how many.
+fn fill<'a>(iov: &mut [MaybeUninit<libc::iovec>], pieces: impl Iterator<Item = &'a [u8]>) -> usize {
+    let mut count = 0;
+    for (slot, piece) in iov.iter_mut().zip(pieces) {
+        slot.write(libc::iovec {
+            iov_base: piece.as_ptr() as *mut _,
+            iov_len: piece.len(),
+        });
+        count += 1;
+    }
+    count
 }
 
 #[cfg(test)]

@@ -333,7 +333,7 @@ pub(crate) struct Shard {
 /// while one ACK is handled (never across an `.await`).
 #[derive(Default)]
 pub(crate) struct AckScratch {
-    pub ack: crate::protocol::pb::Ack,
+    pub ids: Vec<u64>,
     pub delivered: Vec<u64>,
 }
 
@@ -343,8 +343,8 @@ impl AckScratch {
 
     /// Gives back the room an unusually large ACK took.
     pub fn trim(&mut self) {
-        if self.ack.msg_ids.capacity() > Self::KEEP {
-            self.ack.msg_ids = Vec::new();
+        if self.ids.capacity() > Self::KEEP {
+            self.ids = Vec::new();
         }
         if self.delivered.capacity() > Self::KEEP {
             self.delivered = Vec::new();
