@@ -19,10 +19,20 @@
 //!   parked in that destination's spill queue, which a per-destination task drains with an
 //!   awaiting send. Spill is bounded by the fan-out of the requests already admitted, because
 //!   the edge refuses new ones while anything is parked.
+//!
+//! Group bumps are held for the loop turn: a `GroupMsg` without NOTIFY (a group at or below
+//! the push threshold) for a local partition waits until the task that produced it yields (at
+//! most [`MAX_HELD_BUMPS`]), and consecutive ones of one group then bump each member's inbox
+//! once per run ([`Partition::bump_group_run`]) instead of once per message. An input that
+//! reads or writes inboxes ([`Input::touches_inboxes`]: an `InboxSet`, a SYNC, a NOTIFY
+//! `GroupMsg`) first applies what is held for its partition, so inboxes still take their
+//! updates in the order they were emitted (the host contract of `crate::im`); other inputs
+//! (sends, stores, reports, presence) never look at inboxes and pass.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use glommio::GlommioError;
@@ -74,6 +84,17 @@ pub fn gate_shard_of(uid: u64, shards: u32) -> u32 {
     (mix64(uid) % u64::from(shards.max(1))) as u32
 }
 
+/// Group bumps held at most, over all hosted partitions; one more applies them at once.
+pub const MAX_HELD_BUMPS: usize = 4096;
+
+/// A held `GroupMsg` (module doc).
+struct HeldBump {
+    group_id: u64,
+    msg_id: u64,
+    from: u64,
+    members: Arc<[u64]>,
+}
+
 /// One shard's part of the embedded backend.
 pub struct EmbeddedShard {
     shard: u32,
@@ -93,6 +114,10 @@ pub struct EmbeddedShard {
     /// Outputs waiting for the commit (bounded by the inputs admitted in one loop turn).
     held: RefCell<Vec<Output>>,
     commit_scheduled: Cell<bool>,
+    /// Group bumps held for the loop turn, per hosted partition (indexed like `partitions`).
+    bumps: RefCell<Vec<Vec<HeldBump>>>,
+    bumps_held: Cell<usize>,
+    bumps_scheduled: Cell<bool>,
     me: Weak<Self>,
 }
 
@@ -151,6 +176,9 @@ impl EmbeddedShard {
             sync_always,
             held: RefCell::default(),
             commit_scheduled: Cell::new(false),
+            bumps: RefCell::new((0..expected.len()).map(|_| Vec::new()).collect()),
+            bumps_held: Cell::new(0),
+            bumps_scheduled: Cell::new(false),
             me: me.clone(),
         });
         if let Some(interval_ms) = ticker {
@@ -229,9 +257,34 @@ impl EmbeddedShard {
         // One clock reading for the whole cascade: it is one logical step of the backend.
         let now = now_ms();
         while let Some((partition, input)) = work.pop_front() {
+            let hosted = self.host_of(partition) == self.shard;
+            let input = match input {
+                Input::GroupMsg {
+                    group_id,
+                    msg_id,
+                    from,
+                    members,
+                    notify: false,
+                    ..
+                } if hosted => {
+                    let bump = HeldBump {
+                        group_id,
+                        msg_id,
+                        from,
+                        members,
+                    };
+                    self.hold_bump(partition, bump);
+                    continue;
+                }
+                other => other,
+            };
+            // What is held for this partition goes first when this input reads or writes
+            // inboxes: to them, inputs keep their order.
+            if input.touches_inboxes() {
+                self.apply_bumps(partition);
+            }
             {
                 let mut partitions = self.partitions.borrow_mut();
-                let hosted = self.host_of(partition) == self.shard;
                 let index = (partition / self.shards) as usize;
                 let Some(p) = partitions.get_mut(index).filter(|_| hosted) else {
                     tracing::error!(
@@ -272,6 +325,74 @@ impl EmbeddedShard {
         }
         for output in leaving {
             self.dispatch(output);
+        }
+    }
+
+    /// Holds a group bump for the end of the loop turn (module doc).
+    fn hold_bump(&self, partition: PartitionId, bump: HeldBump) {
+        let index = (partition / self.shards) as usize;
+        match self.bumps.borrow_mut().get_mut(index) {
+            Some(held) => held.push(bump),
+            None => return, // Not hosted here: `run` only holds for hosted partitions.
+        }
+        let held = self.bumps_held.get() + 1;
+        self.bumps_held.set(held);
+        if held >= MAX_HELD_BUMPS {
+            self.apply_all_bumps();
+            return;
+        }
+        if self.bumps_scheduled.replace(true) {
+            return;
+        }
+        let this = self.me.clone();
+        glommio::spawn_local(async move {
+            // A spawned task is first polled at once: yield, so the tasks ready now run first
+            // and their cascades' bumps join the runs.
+            futures_lite::future::yield_now().await;
+            let Some(me) = this.upgrade() else { return };
+            me.bumps_scheduled.set(false);
+            me.apply_all_bumps();
+        })
+        .detach();
+    }
+
+    fn apply_all_bumps(&self) {
+        let partitions = self.bumps.borrow().len();
+        for index in 0..partitions {
+            self.apply_index(index);
+        }
+    }
+
+    /// Applies the bumps held for `partition`, runs of one group to the same members at once.
+    fn apply_bumps(&self, partition: PartitionId) {
+        self.apply_index((partition / self.shards) as usize);
+    }
+
+    fn apply_index(&self, index: usize) {
+        let held = match self.bumps.borrow_mut().get_mut(index) {
+            Some(held) if !held.is_empty() => std::mem::take(held),
+            _ => return,
+        };
+        self.bumps_held
+            .set(self.bumps_held.get().saturating_sub(held.len()));
+        let mut partitions = self.partitions.borrow_mut();
+        let Some(p) = partitions.get_mut(index) else {
+            return;
+        };
+        let mut msgs = Vec::new();
+        let mut rest = &held[..];
+        while let Some(first) = rest.first() {
+            let run = rest
+                .iter()
+                .take_while(|b| {
+                    b.group_id == first.group_id
+                        && (Arc::ptr_eq(&b.members, &first.members) || b.members == first.members)
+                })
+                .count();
+            msgs.clear();
+            msgs.extend(rest[..run].iter().map(|b| (b.msg_id, b.from)));
+            p.bump_group_run(first.group_id, &first.members, &msgs);
+            rest = &rest[run..];
         }
     }
 

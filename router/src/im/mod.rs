@@ -208,6 +208,23 @@ pub enum Input {
     },
 }
 
+impl Input {
+    /// Whether handling this input reads or writes user inboxes: a host that holds group bumps
+    /// back (`backend::embedded`) applies them first. Keep in step with `Partition::handle`:
+    /// only `GroupMsg`, `InboxSet` and SYNC reach `Partition::inboxes`.
+    pub fn touches_inboxes(&self) -> bool {
+        matches!(
+            self,
+            Input::GroupMsg { .. }
+                | Input::InboxSet { .. }
+                | Input::Request {
+                    request: Request::Sync(_),
+                    ..
+                }
+        )
+    }
+}
+
 /// What a partition asks its host to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {

@@ -546,6 +546,39 @@ impl Partition {
         }
     }
 
+    /// A run of group messages of `group_id` to the same `members`, without NOTIFY, applied at
+    /// once: `msgs` are their (msg_id, from) in order. The inboxes end as if each message's
+    /// `GroupMsg` had been handled in turn (latest = the last msg_id, one more unread per
+    /// message a member did not send, the group newest), but each member's inbox is reached
+    /// once per run instead of once per message: the host holds these bumps for a loop turn
+    /// (`backend::embedded`), and a thousand members times hundreds of messages per turn is
+    /// what a busy group costs here.
+    pub fn bump_group_run(&mut self, group_id: u64, members: &[u64], msgs: &[(u64, u64)]) {
+        let Some(&(latest, _)) = msgs.last() else {
+            return;
+        };
+        // Messages per sender; a member's unread grows by the run less its own messages.
+        let mut senders: Vec<(u64, u32)> = Vec::new();
+        for &(_, from) in msgs {
+            match senders.iter_mut().find(|(uid, _)| *uid == from) {
+                Some((_, sent)) => *sent += 1,
+                None => senders.push((from, 1)),
+            }
+        }
+        let run = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
+        let key = (crate::conv::GROUP, group_id);
+        for &uid in members {
+            let own = senders
+                .iter()
+                .find(|(from, _)| *from == uid)
+                .map_or(0, |(_, sent)| *sent);
+            self.inboxes
+                .entry(uid)
+                .or_default()
+                .bump(key, latest, run - own);
+        }
+    }
+
     fn apply_inbox_set(&mut self, entries: Vec<link::UserConv>) {
         for entry in entries {
             let Some(state) = entry.conv else { continue };

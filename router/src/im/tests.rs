@@ -1314,3 +1314,76 @@ fn check_against_model(c: &mut Cluster, model: &Model, users: &[u64]) {
         assert_eq!(ids(&p.msgs), want);
     }
 }
+
+/// SYNC of `uid` on partition `p` (a user partition), answered directly.
+fn sync_on(p: &mut Partition, uid: u64) -> link::SyncResult {
+    let mut out = Vec::new();
+    let origin = Origin {
+        shard: 0,
+        conn: 1,
+        seq: 1,
+        log_id: 0,
+    };
+    let request = Request::Sync(link::Sync {
+        uid,
+        max_convs: 0,
+        max_bytes: 0,
+        log_id: 0,
+    });
+    p.handle(Input::Request { origin, request }, 0, &mut out);
+    match out.pop() {
+        Some(Output::Reply {
+            reply: Reply::Sync(r),
+            ..
+        }) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_run_of_group_bumps_leaves_inboxes_as_the_messages_one_by_one() {
+    // Two groups sharing members, messages from several senders (members among them),
+    // interleaved; runs are what a host merges: consecutive messages of one group.
+    let mut rng = Rng(0x5EED);
+    let members_a: std::sync::Arc<[u64]> = (1..=40).collect::<Vec<u64>>().into();
+    let members_b: std::sync::Arc<[u64]> = (30..=60).collect::<Vec<u64>>().into();
+    let mut one_by_one = Partition::new(0, config(1, 1000));
+    let mut in_runs = Partition::new(0, config(1, 1000));
+    let mut msg_id = 1000;
+    for _ in 0..50 {
+        let (gid, members) = if rng.chance(50) {
+            (7, &members_a)
+        } else {
+            (8, &members_b)
+        };
+        let run: Vec<(u64, u64)> = (0..1 + rng.below(6))
+            .map(|_| {
+                msg_id += 1 + rng.below(3);
+                // Senders: a few members, or someone outside the group's partition.
+                (msg_id, *rng.pick(&[1, 2, 35, 99]))
+            })
+            .collect();
+        for &(id, from) in &run {
+            let input = Input::GroupMsg {
+                group_id: gid,
+                msg_id: id,
+                from,
+                members: std::sync::Arc::clone(members),
+                notify: false,
+                exclude_session: 0,
+            };
+            let mut out = Vec::new();
+            one_by_one.handle(input, 0, &mut out);
+            assert!(out.is_empty(), "no NOTIFY below the threshold");
+        }
+        in_runs.bump_group_run(gid, members, &run);
+    }
+    for uid in 1..=60 {
+        let (a, b) = (sync_on(&mut one_by_one, uid), sync_on(&mut in_runs, uid));
+        assert_eq!(a, b, "uid {uid}");
+        assert!(
+            !a.convs.is_empty(),
+            "uid {uid} is in a group that got messages"
+        );
+    }
+}
