@@ -49,18 +49,12 @@ pub const DEFAULT_MAX_FRAME: u32 = 65_536;
 pub fn decode_ack_ids(body: &[u8], ids: &mut Vec<u64>) -> Result<(), prost::DecodeError> {
     if let Some(packed) = single_packed_field(body) {
         let start = ids.len();
-        let mut rest = packed;
-        let mut whole = true;
-        while !rest.is_empty() {
-            match prost::encoding::decode_varint(&mut rest) {
-                Ok(id) => ids.push(id),
-                Err(_) => {
-                    whole = false;
-                    break;
-                }
-            }
+        ids.reserve(packed.len() / 4);
+        let mut at = 0;
+        while let Some(id) = packed_varint(packed, &mut at) {
+            ids.push(id);
         }
-        if whole {
+        if at == packed.len() {
             return Ok(());
         }
         // prost's own walk below reports what is wrong.
@@ -72,6 +66,24 @@ pub fn decode_ack_ids(body: &[u8], ids: &mut Vec<u64>) -> Result<(), prost::Deco
     let merged = prost::Message::merge(&mut ack, body);
     *ids = ack.msg_ids;
     merged
+}
+
+/// The varint at `*at` in `buf`, advancing past it; `None` at the end of `buf` or on a varint
+/// that is cut short or longer than 10 bytes (then `*at` is left where it started).
+#[inline]
+fn packed_varint(buf: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for (i, &byte) in buf.get(*at..)?.iter().take(10).enumerate() {
+        if i == 9 && byte > 1 {
+            return None; // Past 64 bits.
+        }
+        value |= u64::from(byte & 0x7F) << (7 * i);
+        if byte < 0x80 {
+            *at += i + 1;
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// The payload of `body` when it is exactly one length-delimited field 1 (tag 0x0A).

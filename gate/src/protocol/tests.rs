@@ -919,4 +919,13 @@ fn ack_ids_decode_packed_unpacked_and_mixed_bodies_alike() {
     // A packed run cut inside a varint, or a length past the end, is an error.
     assert!(decode(&[0x0A, 2, 0x80, 0x80]).is_err());
     assert!(decode(&[0x0A, 5, 1]).is_err());
+    // Eleven bytes, or ten that pass 64 bits: an error, as prost says.
+    let mut long = vec![0x0A, 11];
+    long.extend([0xFF; 10]);
+    long.push(0x01);
+    assert!(decode(&long).is_err());
+    let mut wide = vec![0x0A, 10];
+    wide.extend([0xFF; 9]);
+    wide.push(0x02);
+    assert!(decode(&wide).is_err());
 }
