@@ -147,8 +147,12 @@ impl FrameDecoder {
     /// incomplete, `Err` as for [`decode`](Self::decode). For readers that keep their own buffer
     /// (the load generator).
     pub fn peek<'a>(&self, buf: &'a [u8]) -> Result<Option<(FrameRef<'a>, usize)>, FrameError> {
-        let seen = buf.len().min(MAGIC_BYTES.len());
-        if buf[..seen] != MAGIC_BYTES[..seen] {
+        // A whole magic is one integer compare (a slice compare called memcmp per frame).
+        let magic_ok = match buf.first_chunk::<4>() {
+            Some(head) => u32::from_be_bytes(*head) == MAGIC,
+            None => buf[..] == MAGIC_BYTES[..buf.len()],
+        };
+        if !magic_ok {
             return Err(FrameError::BadMagic);
         }
         let Some(header) = Header::parse(buf) else {
