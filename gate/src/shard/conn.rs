@@ -202,6 +202,9 @@ impl Conn {
                 }
                 self.rearm_timer();
                 let Poll::Ready(wake) = self.poll_wait(cx) else {
+                    // Everything this task read is handled: fan out what it caused now, rather
+                    // than one trip through the run queue later in the fan-out task.
+                    self.shard.fan_out_held();
                     return Poll::Pending;
                 };
                 if let Some(exit) = self.on_wake(wake) {
