@@ -12,10 +12,10 @@
 //! cross-shard receivers) the shard's fan-out task does, right after it (a trip through the
 //! run queue: at 200 messages/s to 1,000 members, with the shard saturated by sends, that trip
 //! added 15 ms to the p99 when it was the only way). Either way before the woken connections
-//! flush. Then every run of consecutive
-//! group delivers with the same recipients is fanned out session by session: each session's
-//! registry entry, tracker and queue are reached once for the whole run instead of once per
-//! message, and its tracker and queue tails stay in cache while the run's PUSHes are appended.
+//! flush. Then every run of consecutive group delivers with the same recipients is fanned out
+//! session by session: each session's registry entry, tracker and queue are reached once for
+//! the whole run instead of once per message, and its tracker and queue tails stay in cache
+//! while the run's PUSHes are appended.
 //! With a thousand members and hundreds of messages per loop turn, those per-session cache
 //! misses were most of the gate's own time per delivery. Other downlink first fans out what is
 //! held, so downlink keeps its order; replies are not held (PROTOCOL.md: clients order by
@@ -133,6 +133,7 @@ impl GateSink for Shard {
         // Other downlink keeps its order behind the delivers held so far.
         self.fan_out_held();
         match downlink {
+            // Held above; not reached.
             Downlink::Deliver(d) => self.deliver(&d, Instant::now()),
             Downlink::Notify(n) => {
                 let now = Instant::now();
