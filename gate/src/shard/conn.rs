@@ -27,10 +27,11 @@
 //! through rustls into the same read buffer, its flushes through rustls onto the socket; the
 //! plain path pays one `Option` check per read and per flush.
 //!
-//! Writes: frames are queued as shared `Bytes` (a PUSH is one buffer for all its recipients) and
-//! flushed with one `sendmsg` over up to 1,024 of them (IOV_MAX) at a time before the task waits. On `EAGAIN` the task hands the first queued slice to glommio's
-//! `poll_write`, which retries once and otherwise waits for writability; whatever it wrote is
-//! dropped from the queue and the vectored path resumes. Queues are bounded per connection and
+//! Writes: frames are queued as `SharedFrame`s (a PUSH is one buffer for all its recipients on
+//! the shard) and flushed with one `sendmsg` over up to 1,024 iovecs (IOV_MAX; runs of small
+//! frames coalesced, see `io.rs`) at a time before the task waits. On `EAGAIN` the task hands
+//! the first queued slice to glommio's `poll_write`, which retries once and otherwise waits for
+//! writability; whatever it wrote is dropped from the queue and the vectored path resumes. Queues are bounded per connection and
 //! per shard (`limits.*`, see `Shard::queue`): past them the client is a slow consumer.
 //!
 //! Closing: queued frames (ERROR, KICK, LogoutResp) are flushed for at most

@@ -355,39 +355,6 @@ pub fn server_header(opcode: Opcode, len: usize) -> ([u8; SERVER_HEADER_LEN], us
     (out, used)
 }
 
-/// Every server header of a binary message of up to 65,535 bytes, indexed by length, built at
-/// compile time (256 KiB of read-only data, paged in as lengths are used): a header is then a
-/// `Bytes::from_static`, with no allocation and no per-connection buffer.
-static BINARY_HEADERS: [[u8; 4]; 65_536] = binary_headers();
-
-const fn binary_headers() -> [[u8; 4]; 65_536] {
-    let mut table = [[0u8; 4]; 65_536];
-    let mut len = 0;
-    while len < 65_536 {
-        // Truncations intended: the two bytes of a length below 65,536.
-        table[len] = if len <= MAX_CONTROL_PAYLOAD {
-            [0x82, len as u8, 0, 0]
-        } else {
-            [0x82, 126, (len >> 8) as u8, len as u8]
-        };
-        len += 1;
-    }
-    table
-}
-
-/// The server header of a binary message of `len` bytes (FIN set, unmasked), as its own
-/// buffer to send ahead of the message. Static (no allocation) up to 65,535 bytes.
-pub fn binary_header(len: usize) -> Bytes {
-    match BINARY_HEADERS.get(len) {
-        Some(header) if len <= MAX_CONTROL_PAYLOAD => Bytes::from_static(&header[..2]),
-        Some(header) => Bytes::from_static(header),
-        None => {
-            let (header, used) = server_header(Opcode::Binary, len);
-            Bytes::copy_from_slice(&header[..used])
-        }
-    }
-}
-
 /// Appends one whole frame: `opcode_bits` as given (reserved values included, for tests),
 /// FIN as asked, masked with `mask` when given (a client's frames), never masked otherwise.
 pub fn write_frame(

@@ -13,9 +13,9 @@
 //! more, as on the plain path. A TLS error (a garbage hello, a bad record) closes that
 //! connection after the alert rustls queued, if any.
 //!
-//! Outbound ([`TlsConn::poll_flush`]): the out queue still holds the shared `Bytes` frames (and a
-//! WebSocket connection's separate headers); up to 64 of them at a time are handed to rustls'
-//! vectored writer, which packs them into as few records as it can, and the records are written
+//! Outbound ([`TlsConn::poll_flush`]): the out queue still holds the shared frames (on a
+//! WebSocket connection each behind its header, a separate slice); up to 64 slices at a time
+//! are handed to rustls' vectored writer, which packs them into as few records as it can, and the records are written
 //! to the fd with `sendmsg` (`MSG_DONTWAIT`). On `EAGAIN` the first chunk of records is handed
 //! to glommio's `poll_write`, which waits for writability, exactly like the plain path. rustls'
 //! buffers are capped at [`TLS_BUFFER_LIMIT`] (`set_buffer_limit`): when they are full, the
