@@ -75,30 +75,46 @@ impl Shard {
     /// `delivery.max_pending` PUSHes pending is a slow consumer: this one is reported
     /// undelivered at once and the session kicked (KICK 4).
     pub fn push_tracked(&self, conn: &ConnShared, frame: &SharedFrame, now: Instant) {
-        let (uid, session_id, msg_id) = (conn.uid(), conn.session_id(), frame.msg_id());
-        let tracked = {
+        self.push_tracked_run(conn, std::slice::from_ref(frame), now);
+    }
+
+    /// [`Shard::push_tracked`] for a run of PUSHes to one session, in order: one borrow of its
+    /// tracker and of its queue for the whole run (a fan-out run of hundreds of messages).
+    pub fn push_tracked_run(&self, conn: &ConnShared, frames: &[SharedFrame], now: Instant) {
+        let (uid, session_id) = (conn.uid(), conn.session_id());
+        // PUSHes the tracker refused (the session is full): rare, so only then allocated.
+        let mut refused: Vec<u64> = Vec::new();
+        {
             let mut acks = conn.acks();
             let was_empty = acks.is_empty();
-            let tracked = acks.track(Rc::clone(frame), now, &self.delivery.ack);
-            if tracked.is_ok() && was_empty {
+            for frame in frames {
+                if acks
+                    .track(Rc::clone(frame), now, &self.delivery.ack)
+                    .is_err()
+                {
+                    refused.push(frame.msg_id());
+                }
+            }
+            if was_empty && refused.len() < frames.len() {
                 // Its deadline may be earlier than the connection's armed timer.
                 conn.request_rearm();
             }
-            tracked
-        };
+        }
         if let Some(observer) = &self.delivery.observer {
-            observer.pushed(uid, session_id, msg_id);
-        }
-        match tracked {
-            Ok(()) => {
-                super::state::HotCounters::bump(&self.hot.pushes, 1);
-                self.queue_shared(conn, Rc::clone(frame));
-            }
-            Err(_) => {
-                self.report(uid, session_id, &[], &[msg_id], now);
-                conn.request_kick(KickReason::SlowConsumer);
+            for frame in frames {
+                observer.pushed(uid, session_id, frame.msg_id());
             }
         }
+        let accepted = frames.len() - refused.len();
+        super::state::HotCounters::bump(&self.hot.pushes, accepted as u64);
+        if refused.is_empty() {
+            self.queue_frames(conn, frames.iter().cloned());
+            return;
+        }
+        let kept = frames.iter().filter(|f| !refused.contains(&f.msg_id()));
+        self.queue_frames(conn, kept.cloned());
+        self.report(uid, session_id, &[], &refused, now);
+        conn.request_kick(KickReason::SlowConsumer);
     }
 
     /// Records delivered / undelivered PUSHes of one session for the next report batch.

@@ -289,9 +289,7 @@ impl Shard {
         let audience = &run[0];
         for &uid in &audience.recipients {
             self.each_session(uid, audience.exclude_session, |conn| {
-                for frame in &frames {
-                    self.push_tracked(conn, frame, now);
-                }
+                self.push_tracked_run(conn, &frames, now)
             });
         }
     }

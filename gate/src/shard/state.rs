@@ -438,23 +438,39 @@ impl Shard {
 
     /// [`Shard::queue`] for a frame shared with other connections (a PUSH, a read receipt).
     pub fn queue_shared(&self, conn: &ConnShared, frame: SharedFrame) {
+        self.queue_frames(conn, std::iter::once(frame));
+    }
+
+    /// [`Shard::queue_shared`] for several frames in order (a fan-out run), with one borrow
+    /// of the queue and one wake-up. Past a limit the rest is not queued.
+    pub fn queue_frames(&self, conn: &ConnShared, frames: impl IntoIterator<Item = SharedFrame>) {
         let limits = &self.settings.limits;
         let mut out = conn.out();
-        let len = out.wire_len(&frame);
-        let backlog = out.bytes();
-        if backlog + len > limits.outbound_bytes
-            || self.outbound.get() + len > limits.shard_outbound_bytes
-        {
-            out.clear();
-            drop(out);
-            self.unqueued(backlog);
-            conn.request_kick(KickReason::SlowConsumer);
+        // Bytes and frames queued by this call, added to the shard's figures at the end.
+        let (mut queued, mut count) = (0, 0);
+        for frame in frames {
+            let len = out.wire_len(&frame);
+            let backlog = out.bytes();
+            if backlog + len > limits.outbound_bytes
+                || self.outbound.get() + queued + len > limits.shard_outbound_bytes
+            {
+                out.clear();
+                drop(out);
+                // The shard counted the backlog but what this call queued.
+                self.unqueued(backlog - queued);
+                HotCounters::bump(&self.hot.frames_out, count);
+                conn.request_kick(KickReason::SlowConsumer);
+                return;
+            }
+            queued += out.push(frame);
+            count += 1;
+        }
+        drop(out);
+        if count == 0 {
             return;
         }
-        let queued = out.push(frame);
-        drop(out);
         self.outbound.set(self.outbound.get() + queued);
-        HotCounters::bump(&self.hot.frames_out, 1);
+        HotCounters::bump(&self.hot.frames_out, count);
         self.schedule_flush(conn);
     }
 
