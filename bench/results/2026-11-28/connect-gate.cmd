@@ -1,2 +1,2 @@
-taskset -c 1 target/release/imgate-bench connect --jwt-secret results-secret-0123456789 --duration 10 --addr 127.0.0.1:7420 --json --gate-pid 17213
+taskset -c 1 target/release/imgate-bench connect --jwt-secret results-secret-0123456789 --duration 10 --addr 127.0.0.1:7420 --json --gate-pid 18843
 rc 0
