@@ -4,8 +4,8 @@
 //!
 //! For one session, every pending PUSH: its frame (a [`SharedFrame`], which also names its
 //! msg_id and conversation as this session sees it; a resend copies nothing), how often it was
-//! resent, and its next deadline. Nothing else: the session's socket, the shard's timer wheel and the
-//! backend link belong to the shell.
+//! resent, and its next deadline. Nothing else: the session's socket, the shard's timer wheel
+//! and the backend link belong to the shell.
 //!
 //! # Who drives it
 //!

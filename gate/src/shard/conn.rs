@@ -31,8 +31,9 @@
 //! the shard) and flushed with one `sendmsg` over up to 1,024 iovecs (IOV_MAX; runs of small
 //! frames coalesced, see `io.rs`) at a time before the task waits. On `EAGAIN` the task hands
 //! the first queued slice to glommio's `poll_write`, which retries once and otherwise waits for
-//! writability; whatever it wrote is dropped from the queue and the vectored path resumes. Queues are bounded per connection and
-//! per shard (`limits.*`, see `Shard::queue`): past them the client is a slow consumer.
+//! writability; whatever it wrote is dropped from the queue and the vectored path resumes.
+//! Queues are bounded per connection and per shard (`limits.*`, see `Shard::queue`): past them
+//! the client is a slow consumer.
 //!
 //! Closing: queued frames (ERROR, KICK, LogoutResp) are flushed for at most
 //! [`CLOSE_FLUSH_TIME`], then the write side is shut down and unread input drained for at most

@@ -15,8 +15,8 @@
 //!
 //! Outbound ([`TlsConn::poll_flush`]): the out queue still holds the shared frames (on a
 //! WebSocket connection each behind its header, a separate slice); up to 64 slices at a time
-//! are handed to rustls' vectored writer, which packs them into as few records as it can, and the records are written
-//! to the fd with `sendmsg` (`MSG_DONTWAIT`). On `EAGAIN` the first chunk of records is handed
+//! are handed to rustls' vectored writer, which packs them into as few records as it can, and
+//! the records are written to the fd with `sendmsg` (`MSG_DONTWAIT`). On `EAGAIN` the first chunk of records is handed
 //! to glommio's `poll_write`, which waits for writability, exactly like the plain path. rustls'
 //! buffers are capped at [`TLS_BUFFER_LIMIT`] (`set_buffer_limit`): when they are full, the
 //! frames stay in the out queue, where `limits.outbound_bytes` applies as on the plain path
