@@ -201,10 +201,8 @@ impl OutQueue {
     /// Marks `n` bytes written.
     pub fn advance(&mut self, mut n: usize) {
         self.bytes -= n;
-        while n > 0 {
-            let Some(front) = self.frames.front() else {
-                break;
-            };
+        // Also pops an empty frame at the front, which no write would ever take.
+        while let Some(front) = self.frames.front() {
             let left = self.wire_len(front) - self.front_written;
             if n < left {
                 self.front_written += n;
@@ -441,6 +439,24 @@ mod tests {
         assert_eq!(q.bytes(), 0);
         assert_eq!(got.len(), want.len());
         assert!(got == want, "bytes arrive whole and in order");
+    }
+
+    #[test]
+    fn an_empty_frame_does_not_stall_the_queue() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut q = OutQueue::default();
+        q.push(frame(&b"ab"[..]));
+        q.push(OutFrame::raw(Bytes::new()));
+        q.push(frame(&b"cd"[..]));
+        assert!(matches!(q.write_to(a.as_raw_fd()).unwrap(), Nb::Done(())));
+        assert!(q.is_empty());
+        let mut got = [0u8; 4];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"abcd");
+        // Alone, too.
+        q.push(OutFrame::raw(Bytes::new()));
+        assert!(matches!(q.write_to(a.as_raw_fd()).unwrap(), Nb::Done(())));
+        assert!(q.is_empty());
     }
 
     #[test]

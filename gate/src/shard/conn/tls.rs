@@ -154,10 +154,11 @@ impl TlsConn {
             let mut slices = [IoSlice::new(&[]); SLICES_PER_SEAL];
             let count = out.io_slices(&mut slices);
             let n = self.conn.writer().write_vectored(&slices[..count])?;
+            // Also drops an empty frame at the front (then n is 0 and the rest waits).
+            out.advance(n);
             if n == 0 {
                 break;
             }
-            out.advance(n);
             taken += n;
         }
         Ok(taken)
