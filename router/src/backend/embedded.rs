@@ -344,14 +344,22 @@ impl EmbeddedShard {
         if self.bumps_scheduled.replace(true) {
             return;
         }
-        let this = self.me.clone();
-        glommio::spawn_local(async move {
-            // A spawned task is first polled at once: yield, so the tasks ready now run first
-            // and their cascades' bumps join the runs.
-            futures_lite::future::yield_now().await;
-            let Some(me) = this.upgrade() else { return };
+        // After the tasks ready now: their cascades' bumps join the runs.
+        self.after_ready_tasks(|me| {
             me.bumps_scheduled.set(false);
             me.apply_all_bumps();
+        });
+    }
+
+    /// Runs `f` once the tasks ready now have run. A spawned task is first polled at once,
+    /// hence the yield before `f`.
+    fn after_ready_tasks(&self, f: impl FnOnce(&Self) + 'static) {
+        let this = self.me.clone();
+        glommio::spawn_local(async move {
+            futures_lite::future::yield_now().await;
+            if let Some(me) = this.upgrade() {
+                f(&me);
+            }
         })
         .detach();
     }
@@ -402,18 +410,14 @@ impl EmbeddedShard {
         if self.commit_scheduled.replace(true) {
             return;
         }
-        let this = self.me.clone();
-        glommio::spawn_local(async move {
-            futures_lite::future::yield_now().await;
-            let Some(me) = this.upgrade() else { return };
+        self.after_ready_tasks(|me| {
             me.sync_due(u64::MAX);
             me.commit_scheduled.set(false);
             let held = std::mem::take(&mut *me.held.borrow_mut());
             for output in held {
                 me.dispatch(output);
             }
-        })
-        .detach();
+        });
     }
 
     /// Sends one output of a cascade where it goes.
