@@ -99,6 +99,8 @@ const TUNED_NETDEV_BACKLOG: u64 = 16_384;
 const TCP_MEM_PER_CONNECTION: u64 = 4096;
 /// glommio's oldest supported kernel.
 const MIN_KERNEL: (u32, u32) = (5, 8);
+/// The kernel that accepts `IORING_SETUP_COOP_TASKRUN` (older ones: an IPI per completion).
+const COOP_TASKRUN_KERNEL: (u32, u32) = (5, 19);
 /// What the appliance is built for; a `max_connections = 0` capacity below it gets a warning.
 const DESIGN_CONNECTIONS: u64 = 1_000_000;
 /// glommio pins `io_memory` this many times per executor.
@@ -304,6 +306,21 @@ pub fn check(host: &Host, s: &Settings) -> Vec<Finding> {
             "kernel",
             "could not read kernel.osrelease",
         )),
+    }
+    // The vendored glommio asks for IORING_SETUP_COOP_TASKRUN (vendor/glommio/IMGATE.md).
+    match host.kernel.as_deref().and_then(kernel_version) {
+        Some(v) if v >= MIN_KERNEL && v < COOP_TASKRUN_KERNEL => out.push(finding(
+            Level::Warn,
+            "io_uring completions",
+            "kernel older than 5.19: every io_uring completion interrupts a busy shard's core (an IPI each; \
+             tens of thousands per second per shard at full load); 5.19 lets them wait for the shard's next syscall",
+        )),
+        Some(v) if v >= COOP_TASKRUN_KERNEL => out.push(finding(
+            Level::Ok,
+            "io_uring completions",
+            "posted at the shard's next syscall (IORING_SETUP_COOP_TASKRUN), no IPI each",
+        )),
+        _ => {}
     }
     match host.io_uring_disabled {
         Some(2) => out.push(finding(

@@ -181,6 +181,24 @@ fn kernel_older_than_glommio_needs_fails() {
 }
 
 #[test]
+fn kernels_before_5_19_warn_that_completions_interrupt_the_shard() {
+    let mut host = tuned_host();
+    let findings = |host: &Host| level(&check(host, &million()), "io_uring completions");
+    for (release, want) in [
+        ("5.15.0-91-generic", Some(Level::Warn)),
+        ("5.18.19", Some(Level::Warn)),
+        ("5.19.0", Some(Level::Ok)),
+        ("6.1.0-18-amd64", Some(Level::Ok)),
+        // Too old to run at all (the kernel check fails) or unreadable: nothing to add.
+        ("5.4.0", None),
+        ("garbage", None),
+    ] {
+        host.kernel = Some(release.into());
+        assert_eq!(findings(&host), want, "{release}");
+    }
+}
+
+#[test]
 fn more_shards_than_cores_or_every_core_warns() {
     let mut host = tuned_host();
     host.cores = Some(4);
