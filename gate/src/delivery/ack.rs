@@ -455,6 +455,21 @@ impl AckTracker {
             if msg_id > inner.max_tracked {
                 continue;
             }
+            // The usual case, an ACK of the oldest first send: popped here, one slot read.
+            if inner.hint == 0
+                && let Some(front) = inner.fresh.front()
+                && front.msg_id == msg_id
+                && front.is_live()
+            {
+                inner.fresh.pop_front();
+                inner.front_seq += 1;
+                inner.fresh_live -= 1;
+                if let Some(index) = &mut inner.index {
+                    index.remove(&msg_id);
+                }
+                delivered.push(msg_id);
+                continue;
+            }
             if let Some(slot) = inner.find_fresh(msg_id) {
                 if inner.take_fresh(slot).is_some() {
                     inner.hint = slot + 1;
