@@ -122,6 +122,57 @@ fn a_tcp_and_a_websocket_client_of_one_user_get_the_same_push() {
 }
 
 #[test]
+fn pipelined_group_messages_reach_websocket_members_one_frame_per_message() {
+    // Pipelined SENDs fan out in runs, each queued to a session as one joined buffer; over
+    // WebSocket every PUSH must still be its own binary message (the client refuses a message
+    // that is not exactly one frame), in order, beside TCP members of the same group.
+    let gate = TestGate::start();
+    let sender_uid = 4101;
+    let (mut sender, _) = gate.login(sender_uid, "phone");
+    let ws_uids: Vec<u64> = (4102..4106).collect();
+    let tcp_uids: Vec<u64> = (4106..4110).collect();
+    let mut ws_members: Vec<Client> = ws_uids
+        .iter()
+        .map(|&uid| ws_login(&gate, uid, "browser").0)
+        .collect();
+    let mut tcp_members: Vec<Client> = tcp_uids
+        .iter()
+        .map(|&uid| gate.login(uid, "phone").0)
+        .collect();
+    let members: Vec<u64> = ws_uids.iter().chain(&tcp_uids).copied().collect();
+    let gid = support::im::create_group(&mut sender, "joined runs", &members);
+    let seqs: Vec<u32> = (0..200)
+        .map(|i| {
+            let req = support::im::send_req(
+                support::im::GROUP,
+                gid,
+                support::im::client_msg_id(),
+                format!("run message {i}").as_bytes(),
+            );
+            sender.request(cmd::SEND, &req).expect("send SEND")
+        })
+        .collect();
+    let sent: Vec<u64> = seqs
+        .into_iter()
+        .map(|seq| {
+            let frame = sender.recv_response(seq, WAIT).expect("SendResp");
+            let resp: pb::SendResp = decode_body(&frame).expect("SendResp decodes");
+            assert_eq!(resp.code, 0, "{resp:?}");
+            resp.msg_id
+        })
+        .collect();
+    for (i, member) in ws_members.iter_mut().chain(&mut tcp_members).enumerate() {
+        let got: Vec<u64> = support::im::take_pushes(member, sent.len())
+            .iter()
+            .map(|p| p.msg_id)
+            .collect();
+        assert_eq!(got, sent, "member {i}: every message once, in order");
+        assert_alive(member);
+    }
+    gate.stop();
+}
+
+#[test]
 fn websocket_sessions_accepted_by_any_shard_are_handed_to_the_owner_and_work() {
     let delivered = Arc::new(Delivered::default());
     let gate = TestGate::start_observed(|_| {}, delivered.clone());

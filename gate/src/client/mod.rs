@@ -101,6 +101,9 @@ pub enum ClientError {
     BacklogFull { cap: usize },
     #[error("the gate sent a bad WebSocket frame: {0}")]
     WebSocket(#[from] WsError),
+    /// A WebSocket message that is not exactly one frame (PROTOCOL.md "Transport").
+    #[error("a WebSocket message of {len} bytes is not exactly one frame")]
+    NotOneFrame { len: usize },
     /// The upgrade was answered with another status than 101 (0: not HTTP at all).
     #[error("WebSocket upgrade refused with HTTP status {status}")]
     UpgradeRefused { status: u16 },
@@ -622,7 +625,15 @@ impl Client {
         loop {
             match ws.decoder.decode(&mut ws.raw)? {
                 None => return Ok(()),
-                Some(WsEvent::Message(message)) => self.buf.extend_from_slice(&message),
+                Some(WsEvent::Message(message)) => {
+                    // Exactly one frame per binary message: a message holding two frames, or
+                    // part of one, is the gate's error however the bytes would join up.
+                    match self.decoder.peek(&message) {
+                        Ok(Some((_, total))) if total == message.len() => {}
+                        _ => return Err(ClientError::NotOneFrame { len: message.len() }),
+                    }
+                    self.buf.extend_from_slice(&message);
+                }
                 Some(WsEvent::Ping(payload)) => {
                     let mut pong = BytesMut::new();
                     write_frame(

@@ -11,10 +11,15 @@
 //! conversation, for the ack tracker), whether it is sent as it is (`raw`: an HTTP answer, a
 //! WebSocket pong or close) and the WebSocket binary-message header that precedes it on a
 //! WebSocket connection, so that framing copies nothing.
+//!
+//! [`JoinedRun`]: a run of PUSHes that many sessions take whole and in order (a group fan-out
+//! run) is also joined into one buffer per transport, once, so each session queues one buffer
+//! for the run instead of one frame per message.
 
+use std::cell::OnceCell;
 use std::rc::Rc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::ConvRef;
 use crate::protocol::ws::{Opcode, SERVER_HEADER_LEN as WS_HEADER_MAX, server_header};
@@ -108,9 +113,123 @@ impl OutFrame {
     }
 }
 
+/// A run of frames every session of an audience takes whole, in order. Each session's ack
+/// tracker still takes the frames one by one (acknowledged and resent per PUSH), but its queue
+/// takes [`JoinedRun::queued`]: for a run of several frames, their wire bytes joined once per
+/// transport into one raw buffer (a TCP one; a WebSocket one with each frame behind its own
+/// header, each still one binary message). A fan-out run of k PUSHes to n sessions then costs
+/// one copy of the run instead of n (the per-write coalescing copy), and n queue slots instead
+/// of k × n.
+#[derive(Debug)]
+pub struct JoinedRun<'a> {
+    frames: &'a [SharedFrame],
+    tcp: OnceCell<SharedFrame>,
+    websocket: OnceCell<SharedFrame>,
+}
+
+impl<'a> JoinedRun<'a> {
+    pub fn new(frames: &'a [SharedFrame]) -> Self {
+        Self {
+            frames,
+            tcp: OnceCell::new(),
+            websocket: OnceCell::new(),
+        }
+    }
+
+    /// The frames, one by one.
+    pub fn frames(&self) -> &'a [SharedFrame] {
+        self.frames
+    }
+
+    /// What a connection queues for the whole run: the frame itself when the run is one
+    /// frame, else the joined buffer for its transport (built on first use).
+    pub fn queued(&self, websocket: bool) -> Option<SharedFrame> {
+        match self.frames {
+            [] => None,
+            [one] => Some(Rc::clone(one)),
+            frames => {
+                let cell = if websocket {
+                    &self.websocket
+                } else {
+                    &self.tcp
+                };
+                Some(Rc::clone(cell.get_or_init(|| join(frames, websocket))))
+            }
+        }
+    }
+}
+
+/// `frames` as they go out on one connection, back to back, in one raw buffer.
+fn join(frames: &[SharedFrame], websocket: bool) -> SharedFrame {
+    let wire = |f: &SharedFrame| websocket && !f.is_raw();
+    let len = frames.iter().map(|f| f.wire_len(wire(f))).sum();
+    let mut joined = BytesMut::with_capacity(len);
+    for frame in frames {
+        for piece in frame.wire(wire(frame)) {
+            joined.extend_from_slice(piece);
+        }
+    }
+    OutFrame::raw(joined.freeze())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn push(msg_id: u64, len: usize) -> SharedFrame {
+        OutFrame::push(
+            Bytes::from(vec![msg_id as u8; len]),
+            msg_id,
+            ConvRef::default(),
+        )
+    }
+
+    /// Each frame's wire pieces, back to back.
+    fn wire_of(frames: &[SharedFrame], websocket: bool) -> Vec<u8> {
+        frames
+            .iter()
+            .flat_map(|f| f.wire(websocket).concat())
+            .collect()
+    }
+
+    #[test]
+    fn a_joined_run_is_each_frame_as_it_goes_out_back_to_back_built_once() {
+        // Lengths on both sides of the WebSocket header's length classes.
+        let frames: Vec<SharedFrame> = [(1, 10), (2, 125), (3, 126), (4, 70_000), (5, 0)]
+            .into_iter()
+            .map(|(id, len)| push(id, len))
+            .collect();
+        let run = JoinedRun::new(&frames);
+        for websocket in [false, true] {
+            let joined = run.queued(websocket).expect("a run");
+            assert!(joined.is_raw(), "sent as it is on every connection");
+            assert_eq!(
+                joined.msg_id(),
+                0,
+                "not a PUSH of its own: the tracker has those"
+            );
+            assert_eq!(
+                joined.wire(true).concat(),
+                wire_of(&frames, websocket),
+                "websocket {websocket}"
+            );
+            let again = run.queued(websocket).expect("a run");
+            assert!(Rc::ptr_eq(&joined, &again), "joined once per transport");
+        }
+        let [tcp, ws] = [false, true].map(|w| run.queued(w).expect("a run"));
+        assert!(!Rc::ptr_eq(&tcp, &ws));
+    }
+
+    #[test]
+    fn a_run_of_one_frame_is_that_frame_and_an_empty_run_nothing() {
+        let frames = [push(9, 40)];
+        let run = JoinedRun::new(&frames);
+        for websocket in [false, true] {
+            let queued = run.queued(websocket).expect("the frame");
+            assert!(Rc::ptr_eq(&queued, &frames[0]));
+        }
+        assert!(JoinedRun::new(&[]).queued(false).is_none());
+    }
 
     #[test]
     fn websocket_header_is_a_final_binary_message_of_the_frame_length() {

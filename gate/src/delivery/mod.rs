@@ -25,7 +25,7 @@ pub mod wheel;
 use std::time::{Duration, Instant};
 
 pub use ack::{AckConfig, AckTracker, ConvRef, Full};
-pub use frame::{OutFrame, SharedFrame};
+pub use frame::{JoinedRun, OutFrame, SharedFrame};
 pub use notify::{MAX_UPDATE_LEN, NotifyConfig, NotifyMerger};
 pub use report::{BatchConfig, ReportBatcher};
 pub use wheel::{TimerId, TimerWheel};

@@ -18,8 +18,8 @@ use router::link;
 use super::state::{ConnKey, ConnShared, Shard, TimerKey};
 use crate::config::Settings;
 use crate::delivery::{
-    AckConfig, BatchConfig, MAX_UPDATE_LEN, NotifyConfig, NotifyMerger, ReportBatcher, SharedFrame,
-    TimerId,
+    AckConfig, BatchConfig, JoinedRun, MAX_UPDATE_LEN, NotifyConfig, NotifyMerger, ReportBatcher,
+    SharedFrame, TimerId,
 };
 use crate::protocol::pb::ConvUpdate;
 use crate::protocol::{KickReason, MsgType, cmd, encode_frame};
@@ -75,12 +75,14 @@ impl Shard {
     /// `delivery.max_pending` PUSHes pending is a slow consumer: this one is reported
     /// undelivered at once and the session kicked (KICK 4).
     pub fn push_tracked(&self, conn: &ConnShared, frame: &SharedFrame, now: Instant) {
-        self.push_tracked_run(conn, std::slice::from_ref(frame), now);
+        self.push_tracked_run(conn, &JoinedRun::new(std::slice::from_ref(frame)), now);
     }
 
     /// [`Shard::push_tracked`] for a run of PUSHes to one session, in order: one borrow of its
-    /// tracker and of its queue for the whole run (a fan-out run of hundreds of messages).
-    pub fn push_tracked_run(&self, conn: &ConnShared, frames: &[SharedFrame], now: Instant) {
+    /// tracker and of its queue for the whole run (a fan-out run of hundreds of messages), and
+    /// when the tracker takes them all, one queue slot (the run's joined buffer).
+    pub fn push_tracked_run(&self, conn: &ConnShared, run: &JoinedRun<'_>, now: Instant) {
+        let frames = run.frames();
         let (uid, session_id) = (conn.uid(), conn.session_id());
         // PUSHes the tracker refused (the session is full): rare, so only then allocated.
         let mut refused: Vec<u64> = Vec::new();
@@ -108,7 +110,10 @@ impl Shard {
         let accepted = frames.len() - refused.len();
         super::state::HotCounters::bump(&self.hot.pushes, accepted as u64);
         if refused.is_empty() {
-            self.queue_frames(conn, frames.iter().cloned());
+            let websocket = conn.out().is_websocket();
+            if let Some(queued) = run.queued(websocket) {
+                self.queue_counted(conn, [(queued, frames.len() as u64)]);
+            }
             return;
         }
         let kept = frames.iter().filter(|f| !refused.contains(&f.msg_id()));

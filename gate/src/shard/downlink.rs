@@ -33,7 +33,7 @@ use router::backend::{Downlink, GateSink, Origin, Reply};
 use router::link;
 
 use super::state::{ConnKey, ConnShared, Shard};
-use crate::delivery::{ConvRef, OutFrame, SharedFrame};
+use crate::delivery::{ConvRef, JoinedRun, OutFrame, SharedFrame};
 use crate::protocol::pb::{
     BizPush, BizResp, ConvUpdate, PullResp, PushMsg, ReadReceipt, Result as ResultBody, SendResp,
     SyncResp,
@@ -286,10 +286,12 @@ impl Shard {
             // A group has one point of view: any viewer.
             .map(|msg| push_frame(msg, 0))
             .collect();
+        // Joined once per transport, queued whole by every session that takes the run.
+        let joined = JoinedRun::new(&frames);
         let audience = &run[0];
         for &uid in &audience.recipients {
             self.each_session(uid, audience.exclude_session, |conn| {
-                self.push_tracked_run(conn, &frames, now)
+                self.push_tracked_run(conn, &joined, now)
             });
         }
     }

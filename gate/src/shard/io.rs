@@ -134,6 +134,11 @@ impl OutQueue {
         frame.wire_len(self.websocket && !frame.is_raw())
     }
 
+    /// Frames go out as WebSocket binary messages.
+    pub fn is_websocket(&self) -> bool {
+        self.websocket
+    }
+
     /// From now on frames go out as WebSocket binary messages (set before any is queued).
     pub fn set_websocket(&mut self) {
         self.websocket = true;

@@ -444,11 +444,21 @@ impl Shard {
     /// [`Shard::queue_shared`] for several frames in order (a fan-out run), with one borrow
     /// of the queue and one wake-up. Past a limit the rest is not queued.
     pub fn queue_frames(&self, conn: &ConnShared, frames: impl IntoIterator<Item = SharedFrame>) {
+        self.queue_counted(conn, frames.into_iter().map(|frame| (frame, 1)));
+    }
+
+    /// [`Shard::queue_frames`] for buffers that may hold several frames each (a joined run):
+    /// each comes with the number of protocol frames it carries, for the frame counter.
+    pub fn queue_counted(
+        &self,
+        conn: &ConnShared,
+        frames: impl IntoIterator<Item = (SharedFrame, u64)>,
+    ) {
         let limits = &self.settings.limits;
         let mut out = conn.out();
         // Bytes and frames queued by this call, added to the shard's figures at the end.
         let (mut queued, mut count) = (0, 0);
-        for frame in frames {
+        for (frame, carried) in frames {
             let len = out.wire_len(&frame);
             let backlog = out.bytes();
             if backlog + len > limits.outbound_bytes
@@ -463,7 +473,7 @@ impl Shard {
                 return;
             }
             queued += out.push(frame);
-            count += 1;
+            count += carried;
         }
         drop(out);
         if count == 0 {
