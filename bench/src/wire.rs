@@ -53,8 +53,9 @@ impl std::fmt::Display for BodyParseError {
 
 impl std::error::Error for BodyParseError {}
 
-/// Reads a varint at `*at`, advancing it.
-#[inline]
+/// Reads a varint at `*at`, advancing it. Always inlined: a call per field was a tenth of the
+/// load tool's PUSH parsing.
+#[inline(always)]
 fn varint(buf: &[u8], at: &mut usize) -> Result<u64, BodyParseError> {
     // One byte: most tags, lengths and small values.
     if let Some(&byte) = buf.get(*at)
