@@ -1,0 +1,2 @@
+taskset -c 1 target/release/imgate-bench fanout --members 1000 --rate 200 --size 64 --duration 10 --addr 127.0.0.1:7420 --json
+rc 0
