@@ -113,18 +113,26 @@ impl OutFrame {
     }
 }
 
+/// Frames up to this size are joined (the write path's coalescing bound); larger ones are
+/// queued as themselves, uncopied.
+pub const JOIN_FRAME_MAX: usize = 512;
+/// Most bytes in one joined buffer: a run of thousands of small PUSHes becomes a few buffers,
+/// and what joining adds to memory stays bounded by the run's small frames.
+pub const JOIN_BYTES_MAX: usize = 64 * 1024;
+
 /// A run of frames every session of an audience takes whole, in order. Each session's ack
 /// tracker still takes the frames one by one (acknowledged and resent per PUSH), but its queue
-/// takes [`JoinedRun::queued`]: for a run of several frames, their wire bytes joined once per
-/// transport into one raw buffer (a TCP one; a WebSocket one with each frame behind its own
-/// header, each still one binary message). A fan-out run of k PUSHes to n sessions then costs
-/// one copy of the run instead of n (the per-write coalescing copy), and n queue slots instead
-/// of k × n.
+/// takes [`JoinedRun::queued`]: consecutive small frames (up to [`JOIN_FRAME_MAX`] bytes)
+/// joined once per transport into raw buffers of at most [`JOIN_BYTES_MAX`] (a TCP one; a
+/// WebSocket one with each frame behind its own header, each still one binary message), large
+/// frames as themselves. A fan-out run of k small PUSHes to n sessions then costs one copy of
+/// the run instead of n (the per-write coalescing copy), and about n queue slots instead of
+/// k × n.
 #[derive(Debug)]
 pub struct JoinedRun<'a> {
     frames: &'a [SharedFrame],
-    tcp: OnceCell<SharedFrame>,
-    websocket: OnceCell<SharedFrame>,
+    tcp: OnceCell<Vec<(SharedFrame, u64)>>,
+    websocket: OnceCell<Vec<(SharedFrame, u64)>>,
 }
 
 impl<'a> JoinedRun<'a> {
@@ -141,35 +149,58 @@ impl<'a> JoinedRun<'a> {
         self.frames
     }
 
-    /// What a connection queues for the whole run: the frame itself when the run is one
-    /// frame, else the joined buffer for its transport (built on first use).
-    pub fn queued(&self, websocket: bool) -> Option<SharedFrame> {
-        match self.frames {
-            [] => None,
-            [one] => Some(Rc::clone(one)),
-            frames => {
-                let cell = if websocket {
-                    &self.websocket
-                } else {
-                    &self.tcp
-                };
-                Some(Rc::clone(cell.get_or_init(|| join(frames, websocket))))
-            }
-        }
+    /// What a connection of this transport queues for the whole run, in order, each buffer
+    /// with the number of frames it carries (built on first use; a run of one frame is that
+    /// frame).
+    pub fn queued(&self, websocket: bool) -> &[(SharedFrame, u64)] {
+        let cell = if websocket {
+            &self.websocket
+        } else {
+            &self.tcp
+        };
+        cell.get_or_init(|| join(self.frames, websocket))
     }
 }
 
-/// `frames` as they go out on one connection, back to back, in one raw buffer.
-fn join(frames: &[SharedFrame], websocket: bool) -> SharedFrame {
+/// `frames` as buffers for one connection: runs of small frames joined (raw, each frame's
+/// WebSocket header included when `websocket`), large ones as they are.
+fn join(frames: &[SharedFrame], websocket: bool) -> Vec<(SharedFrame, u64)> {
     let wire = |f: &SharedFrame| websocket && !f.is_raw();
-    let len = frames.iter().map(|f| f.wire_len(wire(f))).sum();
-    let mut joined = BytesMut::with_capacity(len);
+    let mut out = Vec::new();
+    let mut joined = BytesMut::new();
+    let mut pending: Vec<&SharedFrame> = Vec::new();
     for frame in frames {
+        let len = frame.wire_len(wire(frame));
+        if len > JOIN_FRAME_MAX {
+            end_join(&mut pending, &mut joined, &mut out);
+            out.push((Rc::clone(frame), 1));
+            continue;
+        }
+        if joined.len() + len > JOIN_BYTES_MAX {
+            end_join(&mut pending, &mut joined, &mut out);
+        }
         for piece in frame.wire(wire(frame)) {
             joined.extend_from_slice(piece);
         }
+        pending.push(frame);
     }
-    OutFrame::raw(joined.freeze())
+    end_join(&mut pending, &mut joined, &mut out);
+    out
+}
+
+/// Closes the joined buffer being built: one frame goes as itself (nothing gained by a copy).
+fn end_join(
+    pending: &mut Vec<&SharedFrame>,
+    joined: &mut BytesMut,
+    out: &mut Vec<(SharedFrame, u64)>,
+) {
+    match pending.as_slice() {
+        [] => {}
+        [one] => out.push((Rc::clone(one), 1)),
+        many => out.push((OutFrame::raw(joined.split().freeze()), many.len() as u64)),
+    }
+    pending.clear();
+    joined.clear();
 }
 
 #[cfg(test)]
@@ -192,32 +223,57 @@ mod tests {
             .collect()
     }
 
+    /// The bytes a connection of this transport sends for `queued`, back to back.
+    fn sent(queued: &[(SharedFrame, u64)], websocket: bool) -> Vec<u8> {
+        queued
+            .iter()
+            .flat_map(|(f, _)| f.wire(websocket && !f.is_raw()).concat())
+            .collect()
+    }
+
     #[test]
-    fn a_joined_run_is_each_frame_as_it_goes_out_back_to_back_built_once() {
-        // Lengths on both sides of the WebSocket header's length classes.
-        let frames: Vec<SharedFrame> = [(1, 10), (2, 125), (3, 126), (4, 70_000), (5, 0)]
-            .into_iter()
-            .map(|(id, len)| push(id, len))
-            .collect();
+    fn a_joined_run_sends_each_frame_as_it_goes_out_back_to_back_built_once() {
+        // Small frames on both sides of the WebSocket header's first length class, a large
+        // one between them, and enough small ones to fill more than one joined buffer.
+        let mut frames: Vec<SharedFrame> = vec![push(1, 10), push(2, 125), push(3, 126)];
+        frames.push(push(4, 70_000));
+        frames.extend((5..1_000).map(|id| push(id, 100 + (id as usize % 300))));
+        frames.push(push(1_000, 0));
         let run = JoinedRun::new(&frames);
         for websocket in [false, true] {
-            let joined = run.queued(websocket).expect("a run");
-            assert!(joined.is_raw(), "sent as it is on every connection");
+            let queued = run.queued(websocket);
             assert_eq!(
-                joined.msg_id(),
-                0,
-                "not a PUSH of its own: the tracker has those"
-            );
-            assert_eq!(
-                joined.wire(true).concat(),
+                sent(queued, websocket),
                 wire_of(&frames, websocket),
                 "websocket {websocket}"
             );
-            let again = run.queued(websocket).expect("a run");
-            assert!(Rc::ptr_eq(&joined, &again), "joined once per transport");
+            let carried: u64 = queued.iter().map(|(_, n)| n).sum();
+            assert_eq!(carried, frames.len() as u64, "every frame counted once");
+            assert!(
+                queued.len() > 3 && queued.len() < 40,
+                "{} buffers",
+                queued.len()
+            );
+            for (buffer, n) in queued {
+                let len = buffer.wire_len(websocket && !buffer.is_raw());
+                if *n > 1 {
+                    assert!(buffer.is_raw() && len <= JOIN_BYTES_MAX, "{len} bytes");
+                    assert_eq!(buffer.msg_id(), 0, "not a PUSH: the trackers hold those");
+                }
+            }
+            // The large frame goes as itself, uncopied.
+            assert!(
+                queued
+                    .iter()
+                    .any(|(f, n)| *n == 1 && Rc::ptr_eq(f, &frames[3]))
+            );
+            let again = run.queued(websocket);
+            assert!(
+                Rc::ptr_eq(&queued[0].0, &again[0].0),
+                "joined once per transport"
+            );
         }
-        let [tcp, ws] = [false, true].map(|w| run.queued(w).expect("a run"));
-        assert!(!Rc::ptr_eq(&tcp, &ws));
+        assert!(!Rc::ptr_eq(&run.queued(false)[0].0, &run.queued(true)[0].0));
     }
 
     #[test]
@@ -225,10 +281,12 @@ mod tests {
         let frames = [push(9, 40)];
         let run = JoinedRun::new(&frames);
         for websocket in [false, true] {
-            let queued = run.queued(websocket).expect("the frame");
-            assert!(Rc::ptr_eq(&queued, &frames[0]));
+            let queued = run.queued(websocket);
+            assert_eq!(queued.len(), 1);
+            assert!(Rc::ptr_eq(&queued[0].0, &frames[0]));
+            assert_eq!(queued[0].1, 1);
         }
-        assert!(JoinedRun::new(&[]).queued(false).is_none());
+        assert!(JoinedRun::new(&[]).queued(false).is_empty());
     }
 
     #[test]

@@ -111,9 +111,7 @@ impl Shard {
         super::state::HotCounters::bump(&self.hot.pushes, accepted as u64);
         if refused.is_empty() {
             let websocket = conn.out().is_websocket();
-            if let Some(queued) = run.queued(websocket) {
-                self.queue_counted(conn, [(queued, frames.len() as u64)]);
-            }
+            self.queue_counted(conn, run.queued(websocket).iter().cloned());
             return;
         }
         let kept = frames.iter().filter(|f| !refused.contains(&f.msg_id()));
