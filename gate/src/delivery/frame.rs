@@ -163,14 +163,13 @@ impl<'a> JoinedRun<'a> {
 }
 
 /// `frames` as buffers for one connection: runs of small frames joined (raw, each frame's
-/// WebSocket header included when `websocket`), large ones as they are.
+/// WebSocket header included when `websocket`; a raw frame has none), large ones as they are.
 fn join(frames: &[SharedFrame], websocket: bool) -> Vec<(SharedFrame, u64)> {
-    let wire = |f: &SharedFrame| websocket && !f.is_raw();
     let mut out = Vec::new();
     let mut joined = BytesMut::new();
     let mut pending: Vec<&SharedFrame> = Vec::new();
     for frame in frames {
-        let len = frame.wire_len(wire(frame));
+        let len = frame.wire_len(websocket);
         if len > JOIN_FRAME_MAX {
             end_join(&mut pending, &mut joined, &mut out);
             out.push((Rc::clone(frame), 1));
@@ -179,7 +178,7 @@ fn join(frames: &[SharedFrame], websocket: bool) -> Vec<(SharedFrame, u64)> {
         if joined.len() + len > JOIN_BYTES_MAX {
             end_join(&mut pending, &mut joined, &mut out);
         }
-        for piece in frame.wire(wire(frame)) {
+        for piece in frame.wire(websocket) {
             joined.extend_from_slice(piece);
         }
         pending.push(frame);
@@ -227,7 +226,7 @@ mod tests {
     fn sent(queued: &[(SharedFrame, u64)], websocket: bool) -> Vec<u8> {
         queued
             .iter()
-            .flat_map(|(f, _)| f.wire(websocket && !f.is_raw()).concat())
+            .flat_map(|(f, _)| f.wire(websocket).concat())
             .collect()
     }
 
@@ -255,7 +254,7 @@ mod tests {
                 queued.len()
             );
             for (buffer, n) in queued {
-                let len = buffer.wire_len(websocket && !buffer.is_raw());
+                let len = buffer.wire_len(websocket);
                 if *n > 1 {
                     assert!(buffer.is_raw() && len <= JOIN_BYTES_MAX, "{len} bytes");
                     assert_eq!(buffer.msg_id(), 0, "not a PUSH: the trackers hold those");

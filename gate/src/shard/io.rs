@@ -131,7 +131,8 @@ impl OutQueue {
 
     /// What `frame` would add to [`Self::bytes`].
     pub fn wire_len(&self, frame: &SharedFrame) -> usize {
-        frame.wire_len(self.websocket && !frame.is_raw())
+        // A raw frame has no WebSocket header to add.
+        frame.wire_len(self.websocket)
     }
 
     /// Frames go out as WebSocket binary messages.
@@ -173,7 +174,7 @@ impl OutQueue {
         let mut skip = self.front_written;
         self.frames
             .iter()
-            .flat_map(move |frame| frame.wire(websocket && !frame.is_raw()))
+            .flat_map(move |frame| frame.wire(websocket))
             .filter_map(move |piece| {
                 // Only the front frame's pieces are skipped: `skip` is below its wire length.
                 if skip >= piece.len() {
